@@ -1,0 +1,142 @@
+"""One exception hierarchy for mainspring.
+
+Every error says what happened and what to do about it. Errors keep structured fields so callers
+(the HTTP gateway, the CLI, user code) can act on them without parsing messages.
+
+Programmer errors inside mainspring are ``MainspringInternalError``; a violated invariant is an
+``AssertionError`` raised by an ``assert`` that stays on in production.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CodecError",
+    "CommandRejected",
+    "ConcurrencyConflict",
+    "Fenced",
+    "LeaseHeld",
+    "MainspringError",
+    "MainspringInternalError",
+    "NodeClosed",
+    "Overloaded",
+    "StoreUnavailable",
+    "UnknownActorType",
+    "UsageError",
+]
+
+
+class MainspringError(Exception):
+    """Base class of every error mainspring raises on purpose."""
+
+
+class UsageError(MainspringError, TypeError):
+    """The caller passed something invalid: the message names the value, the rule and the fix."""
+
+
+class UnknownActorType(UsageError):
+    """A message was addressed to an actor type that this node does not host."""
+
+    def __init__(self, actor_type: str, known: list[str]) -> None:
+        self.actor_type = actor_type
+        self.known = sorted(known)
+        listed = ", ".join(repr(name) for name in self.known) or "none"
+        super().__init__(
+            f"unknown actor type {actor_type!r}; this node hosts: {listed}. "
+            "Register the type with Node(actors=[...]) on every node."
+        )
+
+
+class CommandRejected(MainspringError):
+    """A handler refused a message on business grounds; nothing was written.
+
+    Raise it from a handler to send a clean refusal to the caller (HTTP 422-like). Any other
+    exception from a handler also writes nothing, but is treated as a bug in the handler.
+    """
+
+    def __init__(self, reason: str, *, code: str = "rejected", details: object = None) -> None:
+        self.reason = reason
+        self.code = code
+        self.details = details
+        super().__init__(reason)
+
+
+class CodecError(MainspringError):
+    """A value could not be encoded or decoded (unknown type name, bad shape, missing upcaster)."""
+
+
+class ConcurrencyConflict(MainspringError):
+    """An append expected a sequence number the stream no longer has.
+
+    Retryable: the writer's view of the stream is stale. Under the single-writer rule it means
+    another activation wrote to the stream; the actor deactivates and the next message
+    re-hydrates it.
+    """
+
+    def __init__(self, stream_id: str, expected_seq: int, actual_seq: int) -> None:
+        self.stream_id = stream_id
+        self.expected_seq = expected_seq
+        self.actual_seq = actual_seq
+        super().__init__(
+            f"append to {stream_id!r} expected head seq {expected_seq} but the stream is at "
+            f"{actual_seq}; the actor will re-hydrate, retry the message."
+        )
+
+
+class Fenced(MainspringError):
+    """A write carried an epoch older than the stream's current lease: a newer owner exists.
+
+    The stale activation must stop writing and deactivate. Nothing from the rejected write was
+    committed. Retry the message: it is routed to the current owner.
+    """
+
+    def __init__(self, stream_id: str, epoch: int, current_epoch: int) -> None:
+        self.stream_id = stream_id
+        self.epoch = epoch
+        self.current_epoch = current_epoch
+        super().__init__(
+            f"write to {stream_id!r} under epoch {epoch} was fenced: the current epoch is "
+            f"{current_epoch}, so another activation took the lease. Retry the message."
+        )
+
+
+class LeaseHeld(MainspringError):
+    """The actor's lease is held by another node and has not expired yet."""
+
+    def __init__(self, stream_id: str, owner: str, expires_at_ms: int) -> None:
+        self.stream_id = stream_id
+        self.owner = owner
+        self.expires_at_ms = expires_at_ms
+        super().__init__(
+            f"{stream_id!r} is leased by node {owner!r} until {expires_at_ms} ms (epoch time); "
+            "send the message to that node, or retry after the lease expires."
+        )
+
+
+class Overloaded(MainspringError):
+    """A bounded queue is full. Retry after ``retry_after_s`` seconds; nothing was accepted."""
+
+    def __init__(self, what: str, limit: int, retry_after_s: float = 1.0) -> None:
+        self.what = what
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"{what} is full ({limit} messages); nothing was accepted. Retry after "
+            f"{retry_after_s:g} s, or raise the limit."
+        )
+
+
+class StoreUnavailable(MainspringError):
+    """The durable store could not be reached or failed an operation; the outcome is unknown
+    only where ``ambiguous`` is true (the commit may or may not have happened)."""
+
+    def __init__(self, message: str, *, ambiguous: bool = False) -> None:
+        self.ambiguous = ambiguous
+        super().__init__(message)
+
+
+class NodeClosed(MainspringError):
+    """The node is stopping or stopped and accepts no new messages. Send them to another node."""
+
+
+class MainspringInternalError(MainspringError):
+    """A bug in mainspring itself: please report it with the traceback (and the seed, if any)."""

@@ -1,0 +1,5 @@
+"""Persistence layer: the Store protocol, its three implementations and the group-commit Journal."""
+
+from mainspring.persistence.memory import MemoryStore as MemoryStore
+from mainspring.persistence.store import AppendRequest as AppendRequest
+from mainspring.persistence.store import Store as Store

@@ -1,0 +1,336 @@
+"""The Store protocol: the durable state every node shares, and the records it holds.
+
+Three implementations pass one conformance suite (``tests/conformance``): ``MemoryStore``
+(reference and simulation), ``SqliteStore`` (the embedded default) and ``PostgresStore``
+(clusters).
+
+The rules every implementation keeps, inside its own transaction (never by a read in Python
+followed by a write):
+
+* A stream's *epoch* rises by one at every lease acquisition. An append commits only if the
+  request's epoch equals the stream's epoch (else ``Fenced``) and its ``expected_seq`` equals the
+  stream's head (else ``ConcurrencyConflict``).
+* Sequence numbers of a stream are ``1..head`` with no gap and no duplicate.
+* In ``append_batch`` each request succeeds or fails on its own: one request's conflict never
+  fails another's events. Everything one request carries (events, dedupe records, outbox rows,
+  timers, snapshot, instance status) commits together or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, Protocol
+
+import attrs
+
+from mainspring.errors import UsageError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AppendRequest",
+    "AppendResult",
+    "DedupeRecord",
+    "InstanceInfo",
+    "Lease",
+    "LeaseRecord",
+    "NewEvent",
+    "OutboxMessage",
+    "Snapshot",
+    "Store",
+    "StoredEvent",
+    "StreamHead",
+    "Timer",
+    "split_stream_id",
+    "stream_id_of",
+]
+
+SCHEMA_VERSION: Final = 1
+"""The schema version this code writes; stores migrate older schemas at ``open``."""
+
+
+def stream_id_of(actor_type: str, actor_id: str) -> str:
+    """The stream id of an actor: ``"<type>/<id>"``. Type names never contain ``/``."""
+    assert "/" not in actor_type, actor_type
+    return f"{actor_type}/{actor_id}"
+
+
+def split_stream_id(stream_id: str) -> tuple[str, str]:
+    """Inverse of ``stream_id_of``."""
+    actor_type, separator, actor_id = stream_id.partition("/")
+    if not separator:
+        raise UsageError(f"not a stream id (expected '<type>/<id>'): {stream_id!r}")
+    return actor_type, actor_id
+
+
+@attrs.frozen
+class Lease:
+    """A lease granted by ``acquire_lease``: the epoch to write under and the stream's head."""
+
+    stream_id: str
+    owner: str
+    epoch: int
+    head_seq: int
+    expires_at_ms: int
+
+
+@attrs.frozen
+class LeaseRecord:
+    """One entry of a stream's lease history: who took which epoch, when."""
+
+    stream_id: str
+    epoch: int
+    owner: str
+    acquired_at_ms: int
+
+
+@attrs.frozen
+class StreamHead:
+    """The current epoch, head sequence number and lease holder of a stream."""
+
+    stream_id: str
+    epoch: int
+    head_seq: int
+    owner: str | None
+    lease_expires_at_ms: int
+
+
+@attrs.frozen
+class NewEvent:
+    """An event to append; its sequence number follows from the request's ``expected_seq``."""
+
+    type_name: str
+    type_version: int
+    payload: bytes
+    message_id: str | None = None
+
+
+@attrs.frozen
+class StoredEvent:
+    """An event as stored: its place in the stream and the epoch it was written under."""
+
+    stream_id: str
+    seq: int
+    epoch: int
+    type_name: str
+    type_version: int
+    payload: bytes
+    message_id: str | None
+    recorded_at_ms: int
+
+
+@attrs.frozen
+class Snapshot:
+    """The state of a stream after event ``seq``, encoded."""
+
+    stream_id: str
+    seq: int
+    type_name: str
+    type_version: int
+    payload: bytes
+    recorded_at_ms: int
+
+
+@attrs.frozen
+class DedupeRecord:
+    """An accepted message id, the head seq after its events, and its encoded reply."""
+
+    message_id: str
+    seq: int
+    reply: bytes
+
+
+@attrs.frozen
+class OutboxMessage:
+    """A message to deliver to another actor once the sender's transaction commits.
+
+    ``message_id`` is derived deterministically by the sender, so redelivery is deduplicated by
+    the receiver.
+    """
+
+    message_id: str
+    source_stream_id: str
+    target_type: str
+    target_id: str
+    type_name: str
+    type_version: int
+    payload: bytes
+    created_at_ms: int
+
+
+@attrs.frozen
+class Timer:
+    """A durable timer of an actor (a reminder): fires at ``due_at_ms`` even after restarts.
+
+    ``(stream_id, name)`` identifies it; setting it again replaces the due time and payload.
+    """
+
+    stream_id: str
+    name: str
+    due_at_ms: int
+    payload: bytes | None = None
+
+
+@attrs.frozen
+class InstanceInfo:
+    """A row of the instance index, for visibility (list/search by type and status)."""
+
+    actor_type: str
+    actor_id: str
+    status: str
+    created_at_ms: int
+    updated_at_ms: int
+
+
+@attrs.frozen
+class AppendRequest:
+    """Everything one actor commits atomically: events plus what rides with them."""
+
+    stream_id: str
+    epoch: int
+    expected_seq: int
+    events: Sequence[NewEvent]
+    recorded_at_ms: int
+    dedupe: Sequence[DedupeRecord] = ()
+    dedupe_window: int = 0
+    """When > 0, keep only the newest ``dedupe_window`` dedupe records of the stream."""
+    outbox: Sequence[OutboxMessage] = ()
+    timers_set: Sequence[Timer] = ()
+    timers_cancelled: Sequence[str] = ()
+    snapshot: Snapshot | None = None
+    status: str | None = None
+    """The instance's status for the index; None leaves it as it is (``active`` when new)."""
+
+    def __attrs_post_init__(self) -> None:
+        assert self.epoch >= 1, self
+        assert self.expected_seq >= 0, self
+        if self.snapshot is not None:
+            assert self.snapshot.stream_id == self.stream_id
+            assert self.snapshot.seq == self.expected_seq + len(self.events)
+        for record in self.dedupe:
+            assert self.expected_seq < record.seq <= self.expected_seq + len(self.events)
+        for timer in self.timers_set:
+            assert timer.stream_id == self.stream_id
+
+    @property
+    def new_head_seq(self) -> int:
+        """The stream's head after this request commits."""
+        return self.expected_seq + len(self.events)
+
+
+AppendResult = BaseException | None
+"""Per request of ``append_batch``: None when committed, else the ``Fenced`` or
+``ConcurrencyConflict`` that rejected it (nothing of that request was written)."""
+
+
+class Store(Protocol):
+    """Durable state: streams with leases and epochs, events, snapshots, dedupe records, outbox,
+    timers and the instance index. All times are wall-clock milliseconds passed in by the caller
+    (from its ``Clock``), so the store itself never reads a clock."""
+
+    async def open(self) -> None:
+        """Connect and apply pending schema migrations. Idempotent."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+        ...
+
+    async def acquire_lease(
+        self, stream_id: str, owner: str, now_ms: int, ttl_ms: int, *, steal: bool = False
+    ) -> Lease:
+        """Take the stream's lease for ``owner`` and bump its epoch (creating the stream at head 0).
+
+        Granted when the stream is unleased, its lease has expired at ``now_ms``, its holder is
+        ``owner`` itself (a restarted node reclaims its own leases), or ``steal`` is true.
+        Every grant is recorded in the lease history.
+
+        Raises:
+            LeaseHeld: another owner holds an unexpired lease and ``steal`` is false.
+        """
+        ...
+
+    async def renew_leases(
+        self, owner: str, leases: Sequence[tuple[str, int]], now_ms: int, ttl_ms: int
+    ) -> list[str]:
+        """Extend the leases ``(stream_id, epoch)`` that ``owner`` still holds at that epoch.
+
+        Returns the stream ids whose lease was lost (epoch moved on or another owner); the caller
+        must deactivate those actors.
+        """
+        ...
+
+    async def release_leases(self, owner: str, leases: Sequence[tuple[str, int]]) -> None:
+        """Give up leases ``owner`` holds at those epochs, so others may take them at once.
+        Leases held at another epoch are left alone."""
+        ...
+
+    async def append_batch(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        """Commit many requests in one transaction, each checked on its own (see module doc).
+
+        Requests in one batch must name distinct streams.
+
+        Raises:
+            StoreUnavailable: the whole batch failed (``ambiguous`` if it may have committed).
+        """
+        ...
+
+    async def read_head(self, stream_id: str) -> StreamHead | None:
+        """The stream's epoch, head and lease, or None if it was never leased."""
+        ...
+
+    async def read_events(
+        self, stream_id: str, after_seq: int = 0, limit: int = 10_000
+    ) -> list[StoredEvent]:
+        """Up to ``limit`` events with ``seq > after_seq``, in order."""
+        ...
+
+    async def read_snapshot(self, stream_id: str) -> Snapshot | None:
+        """The newest snapshot of the stream, if any."""
+        ...
+
+    async def read_dedupe(self, stream_id: str, limit: int) -> list[DedupeRecord]:
+        """The newest ``limit`` dedupe records of the stream, oldest first."""
+        ...
+
+    async def read_lease_history(self, stream_id: str) -> list[LeaseRecord]:
+        """Every lease grant of the stream, by epoch."""
+        ...
+
+    async def read_outbox(self, limit: int) -> list[OutboxMessage]:
+        """Up to ``limit`` undelivered outbox messages, oldest first."""
+        ...
+
+    async def delete_outbox(self, message_ids: Sequence[str]) -> None:
+        """Mark outbox messages delivered (delete them). Unknown ids are ignored."""
+        ...
+
+    async def read_due_timers(self, now_ms: int, limit: int) -> list[Timer]:
+        """Up to ``limit`` timers with ``due_at_ms <= now_ms``, earliest first."""
+        ...
+
+    async def next_timer_due_ms(self) -> int | None:
+        """The earliest ``due_at_ms`` of any timer, or None."""
+        ...
+
+    async def delete_timer(self, stream_id: str, name: str, due_at_ms: int) -> bool:
+        """Delete the timer if it is still due at ``due_at_ms`` (it was not re-set meanwhile).
+        Returns whether it was deleted."""
+        ...
+
+    async def read_instance(self, actor_type: str, actor_id: str) -> InstanceInfo | None:
+        """The index row of one instance."""
+        ...
+
+    async def list_instances(
+        self,
+        actor_type: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        after: tuple[str, str] | None = None,
+    ) -> list[InstanceInfo]:
+        """Index rows ordered by ``(actor_type, actor_id)``, after the cursor ``after``."""
+        ...
+
+    async def list_streams(self) -> list[StreamHead]:
+        """Every stream's head, ordered by stream id (for checks and tooling)."""
+        ...

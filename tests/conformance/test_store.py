@@ -1,0 +1,540 @@
+"""The Store contract, run against every implementation (memory, SQLite file, PostgreSQL).
+
+Each test states one rule of ``mainspring.persistence.store``; a store that breaks the rule fails
+the test for that store only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from mainspring.errors import ConcurrencyConflict, Fenced, LeaseHeld, UsageError
+from mainspring.persistence.store import (
+    AppendRequest,
+    DedupeRecord,
+    NewEvent,
+    OutboxMessage,
+    Snapshot,
+    Timer,
+)
+
+TTL_MS = 10_000
+NOW_MS = 1_700_000_000_000
+
+
+def events(count: int, *, start: int = 1, message_id: str | None = None) -> list[NewEvent]:
+    return [
+        NewEvent("test.happened", 1, b'{"n":%d}' % (start + index), message_id)
+        for index in range(count)
+    ]
+
+
+def request(
+    stream_id: str, epoch: int, expected_seq: int, count: int = 1, **extra: Any
+) -> AppendRequest:
+    return AppendRequest(
+        stream_id=stream_id,
+        epoch=epoch,
+        expected_seq=expected_seq,
+        events=events(count, start=expected_seq + 1),
+        recorded_at_ms=NOW_MS,
+        **extra,
+    )
+
+
+async def append_one(store: Any, append: AppendRequest) -> None:
+    [result] = await store.append_batch([append])
+    if result is not None:
+        raise result
+
+
+# Leases and epochs
+
+
+async def test_first_lease_creates_the_stream_at_epoch_one(store: Any) -> None:
+    lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    assert (lease.epoch, lease.head_seq, lease.owner) == (1, 0, "node-1")
+    assert lease.expires_at_ms == NOW_MS + TTL_MS
+    head = await store.read_head("acct/a")
+    assert head is not None
+    assert (head.epoch, head.head_seq, head.owner) == (1, 0, "node-1")
+
+
+async def test_unknown_stream_has_no_head_and_no_events(store: Any) -> None:
+    assert await store.read_head("acct/missing") is None
+    assert await store.read_events("acct/missing") == []
+    assert await store.read_snapshot("acct/missing") is None
+    assert await store.read_dedupe("acct/missing", 10) == []
+    assert await store.read_lease_history("acct/missing") == []
+
+
+async def test_every_acquisition_bumps_the_epoch_even_for_the_same_owner(store: Any) -> None:
+    first = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    second = await store.acquire_lease("acct/a", "node-1", NOW_MS + 1, TTL_MS)
+    assert second.epoch == first.epoch + 1
+
+
+async def test_an_unexpired_lease_of_another_owner_is_refused(store: Any) -> None:
+    await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    with pytest.raises(LeaseHeld) as caught:
+        await store.acquire_lease("acct/a", "node-2", NOW_MS + TTL_MS - 1, TTL_MS)
+    assert caught.value.owner == "node-1"
+    assert caught.value.expires_at_ms == NOW_MS + TTL_MS
+    head = await store.read_head("acct/a")
+    assert head is not None
+    assert (head.epoch, head.owner) == (1, "node-1")
+
+
+async def test_an_expired_lease_is_taken_over_with_a_new_epoch(store: Any) -> None:
+    await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    lease = await store.acquire_lease("acct/a", "node-2", NOW_MS + TTL_MS, TTL_MS)
+    assert (lease.epoch, lease.owner) == (2, "node-2")
+
+
+async def test_steal_takes_an_unexpired_lease(store: Any) -> None:
+    await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    lease = await store.acquire_lease("acct/a", "node-2", NOW_MS, TTL_MS, steal=True)
+    assert (lease.epoch, lease.owner) == (2, "node-2")
+
+
+async def test_lease_history_records_every_grant(store: Any) -> None:
+    await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    await store.acquire_lease("acct/a", "node-2", NOW_MS + TTL_MS, TTL_MS)
+    history = await store.read_lease_history("acct/a")
+    assert [(r.epoch, r.owner, r.acquired_at_ms) for r in history] == [
+        (1, "node-1", NOW_MS),
+        (2, "node-2", NOW_MS + TTL_MS),
+    ]
+
+
+async def test_renew_extends_held_leases_and_reports_lost_ones(store: Any) -> None:
+    a = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    b = await store.acquire_lease("acct/b", "node-1", NOW_MS, TTL_MS)
+    await store.acquire_lease("acct/b", "node-2", NOW_MS, TTL_MS, steal=True)
+    lost = await store.renew_leases(
+        "node-1", [("acct/a", a.epoch), ("acct/b", b.epoch), ("acct/none", 1)], NOW_MS + 5, TTL_MS
+    )
+    assert sorted(lost) == ["acct/b", "acct/none"]
+    head = await store.read_head("acct/a")
+    assert head is not None
+    assert head.lease_expires_at_ms == NOW_MS + 5 + TTL_MS
+    other = await store.read_head("acct/b")
+    assert other is not None
+    assert (other.owner, other.lease_expires_at_ms) == ("node-2", NOW_MS + TTL_MS)
+
+
+async def test_release_frees_the_lease_only_at_the_held_epoch(store: Any) -> None:
+    a = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    b = await store.acquire_lease("acct/b", "node-1", NOW_MS, TTL_MS)
+    await store.acquire_lease("acct/b", "node-2", NOW_MS, TTL_MS, steal=True)
+    await store.release_leases("node-1", [("acct/a", a.epoch), ("acct/b", b.epoch)])
+    # acct/a is free at once for anyone; acct/b still belongs to node-2.
+    taken = await store.acquire_lease("acct/a", "node-3", NOW_MS + 1, TTL_MS)
+    assert taken.epoch == a.epoch + 1
+    with pytest.raises(LeaseHeld):
+        await store.acquire_lease("acct/b", "node-3", NOW_MS + 1, TTL_MS)
+
+
+# Appends, fencing and sequence checks
+
+
+async def test_append_assigns_gapless_sequence_numbers_and_keeps_the_epoch(store: Any) -> None:
+    lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    await append_one(store, request("acct/a", lease.epoch, 0, 3))
+    await append_one(store, request("acct/a", lease.epoch, 3, 2))
+    stored = await store.read_events("acct/a")
+    assert [event.seq for event in stored] == [1, 2, 3, 4, 5]
+    assert [event.payload for event in stored] == [b'{"n":%d}' % n for n in range(1, 6)]
+    assert {event.epoch for event in stored} == {lease.epoch}
+    assert {event.stream_id for event in stored} == {"acct/a"}
+    assert stored[0].type_name == "test.happened"
+    assert stored[0].type_version == 1
+    assert stored[0].recorded_at_ms == NOW_MS
+    head = await store.read_head("acct/a")
+    assert head is not None
+    assert head.head_seq == 5
+
+
+async def test_read_events_pages_after_a_sequence_number(store: Any) -> None:
+    lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    await append_one(store, request("acct/a", lease.epoch, 0, 10))
+    page = await store.read_events("acct/a", after_seq=3, limit=4)
+    assert [event.seq for event in page] == [4, 5, 6, 7]
+    assert [event.seq for event in await store.read_events("acct/a", after_seq=10)] == []
+
+
+async def test_message_ids_and_binary_payloads_round_trip(store: Any) -> None:
+    lease = await store.acquire_lease("acct/ü 1", "node-1", NOW_MS, TTL_MS)
+    payload = bytes(range(256))
+    append = AppendRequest(
+        stream_id="acct/ü 1",
+        epoch=lease.epoch,
+        expected_seq=0,
+        events=[NewEvent("test.binary", 3, payload, "msg-1")],
+        recorded_at_ms=NOW_MS,
+    )
+    await append_one(store, append)
+    [event] = await store.read_events("acct/ü 1")
+    assert (event.payload, event.message_id, event.type_version) == (payload, "msg-1", 3)
+
+
+async def test_wrong_expected_sequence_is_a_conflict_and_writes_nothing(store: Any) -> None:
+    lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    await append_one(store, request("acct/a", lease.epoch, 0, 2))
+    with pytest.raises(ConcurrencyConflict) as caught:
+        await append_one(store, request("acct/a", lease.epoch, 1, 1))
+    assert (caught.value.expected_seq, caught.value.actual_seq) == (1, 2)
+    with pytest.raises(ConcurrencyConflict):
+        await append_one(store, request("acct/a", lease.epoch, 5, 1))
+    assert [event.seq for event in await store.read_events("acct/a")] == [1, 2]
+
+
+async def test_append_to_a_stream_never_leased_is_fenced(store: Any) -> None:
+    with pytest.raises(Fenced):
+        await append_one(store, request("acct/ghost", 1, 0))
+    assert await store.read_events("acct/ghost") == []
+
+
+async def test_second_activation_fences_the_first(store: Any) -> None:
+    """Two activations on two nodes: the second bumps the epoch, the first's append fails."""
+    first = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    await append_one(store, request("acct/a", first.epoch, 0, 1))
+    second = await store.acquire_lease("acct/a", "node-2", NOW_MS, TTL_MS, steal=True)
+    assert second.head_seq == 1
+    with pytest.raises(Fenced) as caught:
+        await append_one(store, request("acct/a", first.epoch, 1, 1))
+    assert (caught.value.epoch, caught.value.current_epoch) == (first.epoch, second.epoch)
+    await append_one(store, request("acct/a", second.epoch, 1, 1))
+    assert [(e.seq, e.epoch) for e in await store.read_events("acct/a")] == [
+        (1, first.epoch),
+        (2, second.epoch),
+    ]
+    assert await store.renew_leases("node-1", [("acct/a", first.epoch)], NOW_MS, TTL_MS) == [
+        "acct/a"
+    ]
+
+
+async def test_stale_epoch_after_lease_expiry_is_fenced(store: Any) -> None:
+    first = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    await store.acquire_lease("acct/a", "node-2", NOW_MS + TTL_MS + 1, TTL_MS)
+    # node-1 wakes from a long pause, still believing its lease is good: its write must fail.
+    with pytest.raises(Fenced):
+        await append_one(store, request("acct/a", first.epoch, 0, 1))
+    assert await store.read_events("acct/a") == []
+
+
+async def test_fencing_holds_across_two_store_objects(store_factory: Any) -> None:
+    """Two Store objects over the same database behave like two nodes."""
+    node_1 = store_factory()
+    node_2 = store_factory()
+    await node_1.open()
+    await node_2.open()
+    first = await node_1.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    second = await node_2.acquire_lease("acct/a", "node-2", NOW_MS, TTL_MS, steal=True)
+    with pytest.raises(Fenced):
+        await append_one(node_1, request("acct/a", first.epoch, 0, 1))
+    await append_one(node_2, request("acct/a", second.epoch, 0, 1))
+    assert len(await node_1.read_events("acct/a")) == 1
+
+
+async def test_concurrent_appends_with_the_same_expectation_commit_once(store: Any) -> None:
+    lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    results = await asyncio.gather(
+        *(store.append_batch([request("acct/a", lease.epoch, 0, 2)]) for _ in range(8))
+    )
+    outcomes = [result for [result] in results]
+    assert sum(outcome is None for outcome in outcomes) == 1
+    assert all(isinstance(o, ConcurrencyConflict) for o in outcomes if o is not None)
+    assert [event.seq for event in await store.read_events("acct/a")] == [1, 2]
+
+
+async def test_requests_in_a_batch_succeed_or_fail_on_their_own(store: Any) -> None:
+    ok_1 = await store.acquire_lease("acct/ok1", "node-1", NOW_MS, TTL_MS)
+    conflicting = await store.acquire_lease("acct/conflict", "node-1", NOW_MS, TTL_MS)
+    fenced = await store.acquire_lease("acct/fenced", "node-1", NOW_MS, TTL_MS)
+    ok_2 = await store.acquire_lease("acct/ok2", "node-1", NOW_MS, TTL_MS)
+    await store.acquire_lease("acct/fenced", "node-2", NOW_MS, TTL_MS, steal=True)
+
+    def loaded(stream_id: str, epoch: int, expected: int) -> AppendRequest:
+        return request(
+            stream_id,
+            epoch,
+            expected,
+            2,
+            dedupe=[DedupeRecord(f"{stream_id}-m", expected + 2, b"reply")],
+            outbox=[outbox_message(f"{stream_id}-out", stream_id)],
+            timers_set=[Timer(stream_id, "t", NOW_MS + 5)],
+            snapshot=Snapshot(stream_id, expected + 2, "test.state", 1, b"{}", NOW_MS),
+            status="busy",
+        )
+
+    results = await store.append_batch(
+        [
+            loaded("acct/ok1", ok_1.epoch, 0),
+            loaded("acct/conflict", conflicting.epoch, 7),
+            loaded("acct/fenced", fenced.epoch, 0),
+            loaded("acct/ok2", ok_2.epoch, 0),
+        ]
+    )
+    assert results[0] is None
+    assert isinstance(results[1], ConcurrencyConflict)
+    assert isinstance(results[2], Fenced)
+    assert results[3] is None
+    for good in ("acct/ok1", "acct/ok2"):
+        assert len(await store.read_events(good)) == 2
+        assert [r.message_id for r in await store.read_dedupe(good, 10)] == [f"{good}-m"]
+        assert await store.read_snapshot(good) is not None
+    for bad in ("acct/conflict", "acct/fenced"):
+        assert await store.read_events(bad) == []
+        assert await store.read_dedupe(bad, 10) == []
+        assert await store.read_snapshot(bad) is None
+        assert await store.read_instance("acct", bad.split("/")[1]) is None
+    outbox_ids = sorted(message.message_id for message in await store.read_outbox(10))
+    assert outbox_ids == ["acct/ok1-out", "acct/ok2-out"]
+    due = await store.read_due_timers(NOW_MS + 5, 10)
+    assert sorted(timer.stream_id for timer in due) == ["acct/ok1", "acct/ok2"]
+
+
+async def test_a_batch_may_not_name_a_stream_twice(store: Any) -> None:
+    lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    with pytest.raises(UsageError):
+        await store.append_batch(
+            [request("acct/a", lease.epoch, 0), request("acct/a", lease.epoch, 1)]
+        )
+    assert await store.read_events("acct/a") == []
+
+
+async def test_an_empty_batch_is_a_no_op(store: Any) -> None:
+    assert await store.append_batch([]) == []
+
+
+async def test_a_request_without_events_still_checks_the_epoch(store: Any) -> None:
+    first = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    timer = Timer("acct/a", "wake", NOW_MS + 100)
+    await append_one(store, request("acct/a", first.epoch, 0, 0, timers_set=[timer]))
+    assert await store.next_timer_due_ms() == NOW_MS + 100
+    await store.acquire_lease("acct/a", "node-2", NOW_MS, TTL_MS, steal=True)
+    late = Timer("acct/a", "late", NOW_MS + 1)
+    with pytest.raises(Fenced):
+        await append_one(store, request("acct/a", first.epoch, 0, 0, timers_set=[late]))
+    assert [t.name for t in await store.read_due_timers(NOW_MS + 1000, 10)] == ["wake"]
+
+
+# Dedupe records
+
+
+async def test_dedupe_records_are_kept_newest_first_within_the_window(store: Any) -> None:
+    lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    for n in range(5):
+        record = DedupeRecord(f"m{n}", n + 1, b'{"d":%d}' % n)
+        await append_one(
+            store, request("acct/a", lease.epoch, n, 1, dedupe=[record], dedupe_window=3)
+        )
+    kept = await store.read_dedupe("acct/a", 10)
+    assert [(r.message_id, r.seq, r.reply) for r in kept] == [
+        ("m2", 3, b'{"d":2}'),
+        ("m3", 4, b'{"d":3}'),
+        ("m4", 5, b'{"d":4}'),
+    ]
+    assert [r.message_id for r in await store.read_dedupe("acct/a", 2)] == ["m3", "m4"]
+
+
+# Outbox
+
+
+def outbox_message(message_id: str, source: str, created_at_ms: int = NOW_MS) -> OutboxMessage:
+    return OutboxMessage(
+        message_id=message_id,
+        source_stream_id=source,
+        target_type="acct",
+        target_id="target",
+        type_name="test.msg",
+        type_version=1,
+        payload=b'{"x":1}',
+        created_at_ms=created_at_ms,
+    )
+
+
+async def test_outbox_rows_commit_with_the_events_and_are_read_oldest_first(store: Any) -> None:
+    lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    for n in range(3):
+        message = outbox_message(f"out-{n}", "acct/a", NOW_MS + n)
+        await append_one(store, request("acct/a", lease.epoch, n, 1, outbox=[message]))
+    pending = await store.read_outbox(10)
+    assert [message.message_id for message in pending] == ["out-0", "out-1", "out-2"]
+    assert pending[0] == outbox_message("out-0", "acct/a", NOW_MS)
+    assert [m.message_id for m in await store.read_outbox(2)] == ["out-0", "out-1"]
+    await store.delete_outbox(["out-0", "out-2", "never-existed"])
+    assert [m.message_id for m in await store.read_outbox(10)] == ["out-1"]
+
+
+async def test_fenced_append_leaves_no_outbox_row(store: Any) -> None:
+    first = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    await store.acquire_lease("acct/a", "node-2", NOW_MS, TTL_MS, steal=True)
+    with pytest.raises(Fenced):
+        await append_one(
+            store, request("acct/a", first.epoch, 0, 1, outbox=[outbox_message("o", "acct/a")])
+        )
+    assert await store.read_outbox(10) == []
+
+
+# Timers
+
+
+async def test_timers_are_set_replaced_cancelled_and_read_when_due(store: Any) -> None:
+    lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    assert await store.next_timer_due_ms() is None
+    await append_one(
+        store,
+        request(
+            "acct/a",
+            lease.epoch,
+            0,
+            1,
+            timers_set=[
+                Timer("acct/a", "late", NOW_MS + 300, b"late"),
+                Timer("acct/a", "early", NOW_MS + 100, None),
+                Timer("acct/a", "gone", NOW_MS + 50),
+            ],
+        ),
+    )
+    await append_one(
+        store,
+        request(
+            "acct/a",
+            lease.epoch,
+            1,
+            1,
+            timers_set=[Timer("acct/a", "early", NOW_MS + 200, b"moved")],
+            timers_cancelled=["gone"],
+        ),
+    )
+    assert await store.next_timer_due_ms() == NOW_MS + 200
+    assert await store.read_due_timers(NOW_MS + 199, 10) == []
+    due = await store.read_due_timers(NOW_MS + 1_000, 10)
+    assert [(t.name, t.due_at_ms, t.payload) for t in due] == [
+        ("early", NOW_MS + 200, b"moved"),
+        ("late", NOW_MS + 300, b"late"),
+    ]
+    assert [t.name for t in await store.read_due_timers(NOW_MS + 1_000, 1)] == ["early"]
+
+
+async def test_delete_timer_only_removes_the_occurrence_that_fired(store: Any) -> None:
+    lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    await append_one(
+        store, request("acct/a", lease.epoch, 0, 1, timers_set=[Timer("acct/a", "t", NOW_MS)])
+    )
+    await append_one(
+        store,
+        request("acct/a", lease.epoch, 1, 1, timers_set=[Timer("acct/a", "t", NOW_MS + 60_000)]),
+    )
+    # The firing of the old occurrence must not delete the re-set timer.
+    assert await store.delete_timer("acct/a", "t", NOW_MS) is False
+    assert await store.next_timer_due_ms() == NOW_MS + 60_000
+    assert await store.delete_timer("acct/a", "t", NOW_MS + 60_000) is True
+    assert await store.next_timer_due_ms() is None
+
+
+# Snapshots
+
+
+async def test_the_newest_snapshot_wins(store: Any) -> None:
+    lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    snap_2 = Snapshot("acct/a", 2, "test.state", 1, b'{"at":2}', NOW_MS)
+    await append_one(store, request("acct/a", lease.epoch, 0, 2, snapshot=snap_2))
+    snap_4 = Snapshot("acct/a", 4, "test.state", 2, b'{"at":4}', NOW_MS + 1)
+    await append_one(store, request("acct/a", lease.epoch, 2, 2, snapshot=snap_4))
+    assert await store.read_snapshot("acct/a") == snap_4
+
+
+# Instance index
+
+
+async def test_instance_index_tracks_status_and_times(store: Any) -> None:
+    lease = await store.acquire_lease("order/o1", "node-1", NOW_MS, TTL_MS)
+    await append_one(store, request("order/o1", lease.epoch, 0, 1))
+    info = await store.read_instance("order", "o1")
+    assert info is not None
+    assert (info.status, info.created_at_ms, info.updated_at_ms) == ("active", NOW_MS, NOW_MS)
+    later = AppendRequest(
+        stream_id="order/o1",
+        epoch=lease.epoch,
+        expected_seq=1,
+        events=events(1),
+        recorded_at_ms=NOW_MS + 9,
+        status="completed",
+    )
+    await append_one(store, later)
+    info = await store.read_instance("order", "o1")
+    assert info is not None
+    assert (info.status, info.created_at_ms, info.updated_at_ms) == (
+        "completed",
+        NOW_MS,
+        NOW_MS + 9,
+    )
+    assert await store.read_instance("order", "nope") is None
+
+
+async def test_list_instances_filters_and_pages(store: Any) -> None:
+    for actor_type, actor_id, status in [
+        ("order", "b", "running"),
+        ("order", "a", "completed"),
+        ("order", "c", "running"),
+        ("acct", "z", "active"),
+    ]:
+        stream_id = f"{actor_type}/{actor_id}"
+        lease = await store.acquire_lease(stream_id, "node-1", NOW_MS, TTL_MS)
+        await append_one(store, request(stream_id, lease.epoch, 0, 1, status=status))
+    everything = await store.list_instances()
+    assert [(i.actor_type, i.actor_id) for i in everything] == [
+        ("acct", "z"),
+        ("order", "a"),
+        ("order", "b"),
+        ("order", "c"),
+    ]
+    running = await store.list_instances(actor_type="order", status="running")
+    assert [i.actor_id for i in running] == ["b", "c"]
+    first_page = await store.list_instances(actor_type="order", limit=2)
+    assert [i.actor_id for i in first_page] == ["a", "b"]
+    second_page = await store.list_instances(actor_type="order", limit=2, after=("order", "b"))
+    assert [i.actor_id for i in second_page] == ["c"]
+
+
+async def test_list_streams_reports_every_head(store: Any) -> None:
+    a = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    await store.acquire_lease("acct/b", "node-1", NOW_MS, TTL_MS)
+    await append_one(store, request("acct/a", a.epoch, 0, 3))
+    heads = await store.list_streams()
+    assert [(h.stream_id, h.head_seq, h.epoch) for h in heads] == [
+        ("acct/a", 3, 1),
+        ("acct/b", 0, 1),
+    ]
+
+
+# Lifecycle
+
+
+async def test_data_survives_close_and_reopen(store_factory: Any) -> None:
+    store = store_factory()
+    await store.open()
+    await store.open()  # idempotent
+    lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    await append_one(store, request("acct/a", lease.epoch, 0, 2))
+    await store.close()
+    await store.close()  # idempotent
+    reopened = store_factory()
+    await reopened.open()
+    assert [event.seq for event in await reopened.read_events("acct/a")] == [1, 2]
+    again = await reopened.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    assert (again.epoch, again.head_seq) == (lease.epoch + 1, 2)
+
+
+async def test_using_a_store_before_open_is_a_clear_error(store_factory: Any) -> None:
+    store = store_factory()
+    if hasattr(store, "_opened") and store._opened:
+        pytest.skip("the shared memory store was opened by another fixture user")
+    with pytest.raises(UsageError, match="open"):
+        await store.read_head("acct/a")
