@@ -1,0 +1,62 @@
+"""mainspring: durable workflows on event-sourced, single-writer actors for asyncio.
+
+The public API is re-exported here; everything else is private unless documented.
+"""
+
+from mainspring.actors.actor import Actor as Actor
+from mainspring.actors.actor import ActorContext as ActorContext
+from mainspring.actors.actor import Reminder as Reminder
+from mainspring.actors.actor import handler as handler
+from mainspring.codec import Registry as Registry
+from mainspring.codec import event as event
+from mainspring.codec import message as message
+from mainspring.codec import registry as registry
+from mainspring.codec import state as state
+from mainspring.config import NodeConfig as NodeConfig
+from mainspring.errors import CodecError as CodecError
+from mainspring.errors import CommandRejected as CommandRejected
+from mainspring.errors import ConcurrencyConflict as ConcurrencyConflict
+from mainspring.errors import Fenced as Fenced
+from mainspring.errors import LeaseHeld as LeaseHeld
+from mainspring.errors import MainspringError as MainspringError
+from mainspring.errors import MainspringInternalError as MainspringInternalError
+from mainspring.errors import NodeClosed as NodeClosed
+from mainspring.errors import Overloaded as Overloaded
+from mainspring.errors import StoreUnavailable as StoreUnavailable
+from mainspring.errors import UnknownActorType as UnknownActorType
+from mainspring.errors import UsageError as UsageError
+from mainspring.node import Node as Node
+from mainspring.seams import Clock as Clock
+from mainspring.seams import Ids as Ids
+from mainspring.seams import Random as Random
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Actor",
+    "ActorContext",
+    "Clock",
+    "CodecError",
+    "CommandRejected",
+    "ConcurrencyConflict",
+    "Fenced",
+    "Ids",
+    "LeaseHeld",
+    "MainspringError",
+    "MainspringInternalError",
+    "Node",
+    "NodeClosed",
+    "NodeConfig",
+    "Overloaded",
+    "Random",
+    "Registry",
+    "Reminder",
+    "StoreUnavailable",
+    "UnknownActorType",
+    "UsageError",
+    "event",
+    "handler",
+    "message",
+    "registry",
+    "state",
+]

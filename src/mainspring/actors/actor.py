@@ -1,0 +1,285 @@
+"""The actor programming model: ``Actor`` subclasses, ``@handler`` methods and ``ActorContext``.
+
+An actor type declares its state (``initial_state``), how each event changes it (``evolve``) and
+a handler per message type. A handler validates a message against ``ctx.state``, emits events
+with ``ctx.emit`` (each is applied to ``ctx.state`` at once), may send messages to other actors
+with ``ctx.tell`` (through the transactional outbox) and set durable reminders, and returns a
+reply. Nothing a handler does is visible outside until its events commit; a handler that raises
+leaves no trace.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, TypeVar, cast, get_type_hints
+
+import attrs
+
+from mainspring.codec import Registry, registry
+from mainspring.errors import UsageError
+from mainspring.persistence.store import NewEvent, OutboxMessage, Timer
+
+if TYPE_CHECKING:
+    from mainspring.actors.host import Activation
+
+__all__ = ["Actor", "ActorContext", "Reminder", "handler"]
+
+S = TypeVar("S")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_HANDLER_MARK: Final = "__mainspring_handler__"
+_TYPE_NAME_PATTERN: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_.:\-]{0,99}$")
+
+
+@attrs.frozen
+class Reminder:
+    """The message an actor receives when one of its durable reminders fires."""
+
+    name: str
+    due_at_ms: int
+    payload: Any = None
+
+
+registry.register(Reminder, "mainspring.reminder", 1, kind="message")
+
+
+def handler(target: Any = None) -> Any:
+    """Mark an ``Actor`` method as the handler of one message type.
+
+    Use it bare (``@handler``), taking the message type from the annotation of the method's
+    message parameter, or as ``@handler(MessageType)``. The method is called as
+    ``method(self, ctx, message)`` and may be ``async``.
+    """
+    if isinstance(target, type):
+        message_type = target
+
+        def decorate(function: F) -> F:
+            setattr(function, _HANDLER_MARK, message_type)
+            return function
+
+        return decorate
+    if callable(target):
+        setattr(target, _HANDLER_MARK, None)
+        return target
+    raise UsageError(
+        f"use @handler or @handler(MessageType) on an Actor method, not @handler({target!r})"
+    )
+
+
+def _message_type_of(function: Callable[..., Any], owner: type) -> type:
+    declared = getattr(function, _HANDLER_MARK)
+    if declared is not None:
+        return cast("type", declared)
+    parameters = list(inspect.signature(function).parameters)
+    if len(parameters) != 3:
+        raise UsageError(
+            f"handler {owner.__qualname__}.{function.__name__} must take (self, ctx, message), "
+            f"got ({', '.join(parameters)})"
+        )
+    try:
+        hints = get_type_hints(function)
+    except NameError as error:
+        raise UsageError(
+            f"cannot resolve the message annotation of {owner.__qualname__}.{function.__name__}"
+            f" ({error}); define the message class at module level or use @handler(MessageType)"
+        ) from error
+    message_type = hints.get(parameters[2])
+    if not isinstance(message_type, type):
+        raise UsageError(
+            f"handler {owner.__qualname__}.{function.__name__} needs a class annotation on its "
+            f"message parameter, or use @handler(MessageType)"
+        )
+    return message_type
+
+
+class Actor(Generic[S]):
+    """Base class of actor types. Subclass it; this is the only subclassing in the public API.
+
+    Class attributes:
+        type_name: the stable name of the type (stored with its data; never rename it).
+        initial_state: the state before the first event.
+        state_type: the class snapshots decode into (default: the class of ``initial_state``).
+        state_version: the schema version of an unregistered state class; bump it when the state
+            changes shape, and old snapshots fall back to a full replay instead of misreading.
+        snapshot_every: take a snapshot every this many events (0: never).
+        dedupe_window: how many accepted message ids are remembered (0: none).
+    """
+
+    type_name: ClassVar[str]
+    initial_state: Any = None
+    state_type: ClassVar[type[Any] | None] = None
+    state_version: ClassVar[int] = 1
+    snapshot_every: ClassVar[int] = 100
+    dedupe_window: ClassVar[int] = 1000
+    _handlers: ClassVar[dict[type, Callable[..., Any]]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        type_name = cls.__dict__.get("type_name")
+        if not isinstance(type_name, str) or not _TYPE_NAME_PATTERN.match(type_name):
+            raise UsageError(
+                f"{cls.__qualname__} needs a class attribute type_name: 1-100 letters, digits, "
+                f"'_', '.', ':' or '-' starting with a letter (no '/'), got {type_name!r}"
+            )
+        for name in ("snapshot_every", "dedupe_window"):
+            value = getattr(cls, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise UsageError(f"{cls.__qualname__}.{name} must be an int >= 0, got {value!r}")
+        handlers: dict[type, Callable[..., Any]] = {}
+        for klass in reversed(cls.__mro__):
+            for function in vars(klass).values():
+                if callable(function) and hasattr(function, _HANDLER_MARK):
+                    handlers[_message_type_of(function, klass)] = function
+        if not handlers:
+            raise UsageError(f"{cls.__qualname__} has no @handler methods; it could do nothing")
+        cls._handlers = handlers
+
+    @classmethod
+    def handler_for(cls, message: object) -> Callable[..., Any]:
+        """The handler of ``message``'s class (or of its nearest base class that has one).
+
+        Raises:
+            UsageError: no handler takes this message type.
+        """
+        for klass in type(message).__mro__:
+            function = cls._handlers.get(klass)
+            if function is not None:
+                return function
+        known = ", ".join(sorted(t.__qualname__ for t in cls._handlers))
+        raise UsageError(
+            f"actor type {cls.type_name!r} has no handler for {type(message).__qualname__}; "
+            f"it handles: {known}"
+        )
+
+    @classmethod
+    def handled_types(cls) -> list[type]:
+        """The message classes this actor type has handlers for."""
+        return list(cls._handlers)
+
+    def evolve(self, state: S, event: Any) -> S:
+        """Return the state after ``event``. Must be pure and deterministic: it runs again on
+        replay. Override it in every actor type that emits events."""
+        raise NotImplementedError(
+            f"{type(self).__qualname__} emitted {type(event).__qualname__} but does not override "
+            "evolve(state, event)"
+        )
+
+    def status(self, state: S) -> str | None:
+        """The status shown in the instance index (None keeps the previous one)."""
+        return None
+
+
+class ActorContext(Generic[S]):
+    """What a handler may see and do. Created by the runtime for each message."""
+
+    def __init__(
+        self,
+        activation: Activation,
+        state: S,
+        message_id: str | None,
+        codec: Registry,
+    ) -> None:
+        self._activation = activation
+        self._codec = codec
+        self.state: S = state
+        """The state, including events emitted so far by this handler."""
+        self.message_id: Final = message_id
+        """The id of the message being handled (None when the sender gave none)."""
+        self.events: Final[list[NewEvent]] = []
+        self.outbox: Final[list[OutboxMessage]] = []
+        self.timers_set: Final[dict[str, Timer]] = {}
+        self.timers_cancelled: Final[set[str]] = set()
+
+    @property
+    def actor_id(self) -> str:
+        """The id of this actor."""
+        return self._activation.actor_id
+
+    @property
+    def actor_type(self) -> str:
+        """The type name of this actor."""
+        return self._activation.actor_cls.type_name
+
+    def now(self) -> datetime:
+        """The node's wall-clock time (UTC), from its Clock seam."""
+        from datetime import UTC
+
+        return datetime.fromtimestamp(self.now_ms() / 1000, tz=UTC)
+
+    def now_ms(self) -> int:
+        """The node's wall-clock time in milliseconds since the Unix epoch."""
+        return self._activation.host.clock.wall_ms()
+
+    def emit(self, event: object) -> None:
+        """Record ``event`` and apply it to ``ctx.state`` at once.
+
+        Raises:
+            CodecError: the event's class is not registered with ``@mainspring.event``.
+        """
+        encoded = self._codec.encode(event)
+        new_state = self._activation.actor.evolve(self.state, event)
+        self.events.append(
+            NewEvent(encoded.type_name, encoded.type_version, encoded.payload, self.message_id)
+        )
+        self.state = new_state
+
+    def tell(self, actor: type[Actor[Any]] | str, actor_id: str, message: object) -> None:
+        """Send ``message`` to another actor once this handler's events commit.
+
+        Delivered at least once through the transactional outbox and deduplicated by the
+        receiver, so the receiver's transition happens exactly once.
+        """
+        target_type = actor if isinstance(actor, str) else actor.type_name
+        if not isinstance(actor_id, str) or not actor_id:
+            raise UsageError(f"actor_id must be a non-empty str, got {actor_id!r}")
+        encoded = self._codec.encode(message)
+        self.outbox.append(
+            OutboxMessage(
+                message_id=self._activation.next_outbox_id(),
+                source_stream_id=self._activation.stream_id,
+                target_type=target_type,
+                target_id=actor_id,
+                type_name=encoded.type_name,
+                type_version=encoded.type_version,
+                payload=encoded.payload,
+                created_at_ms=self.now_ms(),
+            )
+        )
+
+    def set_reminder(
+        self,
+        name: str,
+        *,
+        after: timedelta | None = None,
+        at: datetime | None = None,
+        payload: Any = None,
+    ) -> None:
+        """Set (or move) the durable reminder ``name``: the actor receives ``Reminder(name, ...)``
+        at that time, even after passivation or a restart of the node."""
+        if not isinstance(name, str) or not name:
+            raise UsageError(f"reminder name must be a non-empty str, got {name!r}")
+        if (after is None) == (at is None):
+            raise UsageError("set_reminder needs exactly one of after=timedelta or at=datetime")
+        if after is not None:
+            due_at_ms = self.now_ms() + int(after.total_seconds() * 1000)
+        else:
+            assert at is not None
+            if at.tzinfo is None:
+                raise UsageError(f"at= must be timezone-aware, got naive {at!r}")
+            due_at_ms = int(at.timestamp() * 1000)
+        encoded = None if payload is None else self._codec.dumps_any(payload)
+        self.timers_cancelled.discard(name)
+        self.timers_set[name] = Timer(self._activation.stream_id, name, due_at_ms, encoded)
+
+    def cancel_reminder(self, name: str) -> None:
+        """Cancel the reminder ``name`` if it is set."""
+        self.timers_set.pop(name, None)
+        self.timers_cancelled.add(name)
+
+    @property
+    def wrote_anything(self) -> bool:
+        """Whether committing this handler's outcome needs an append."""
+        return bool(self.events or self.outbox or self.timers_set or self.timers_cancelled)

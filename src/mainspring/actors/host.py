@@ -1,0 +1,582 @@
+"""The actor host: activation, one mailbox task per live actor, passivation.
+
+Each live actor is an ``Activation`` whose task is the actor's single writer: it takes the lease
+(bumping the epoch), hydrates from the latest snapshot plus the events after it, then handles
+its mailbox one batch at a time. A batch's events are committed through the journal before any
+reply of the batch is sent. A fenced or failed commit drops the activation without releasing
+anything; queued messages go to a fresh activation, which re-hydrates from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from typing import Any, Final, final
+
+import attrs
+
+from mainspring.actors.actor import Actor, ActorContext
+from mainspring.codec import Registry
+from mainspring.config import NodeConfig
+from mainspring.errors import (
+    CodecError,
+    ConcurrencyConflict,
+    Fenced,
+    NodeClosed,
+    Overloaded,
+    StoreUnavailable,
+    UnknownActorType,
+    UsageError,
+)
+from mainspring.persistence.journal import Journal
+from mainspring.persistence.store import (
+    AppendRequest,
+    DedupeRecord,
+    NewEvent,
+    OutboxMessage,
+    Snapshot,
+    Store,
+    Timer,
+    stream_id_of,
+)
+from mainspring.seams import Clock
+
+__all__ = ["Activation", "ActorHost", "HostStatistics"]
+
+log: Final = logging.getLogger(__name__)
+
+_REPLAY_PAGE_EVENTS: Final = 10_000
+
+
+@attrs.define(eq=False)
+class _Envelope:
+    message: object
+    message_id: str | None
+    reply: asyncio.Future[Any] | None
+
+
+@attrs.define
+class HostStatistics:
+    """Counters of an actor host since it started."""
+
+    activations: int = 0
+    passivations: int = 0
+    messages: int = 0
+    duplicates: int = 0
+    handler_errors: int = 0
+    fenced: int = 0
+    snapshots_written: int = 0
+    snapshot_fallbacks: int = 0
+    events_replayed: int = 0
+
+
+def _settle(envelope: _Envelope, *, result: Any = None, error: BaseException | None = None) -> None:
+    future = envelope.reply
+    if future is None:
+        if error is not None and not isinstance(error, Fenced | ConcurrencyConflict):
+            log.warning(
+                "TellFailed",
+                extra={"message_type": type(envelope.message).__name__},
+                exc_info=error,
+            )
+        return
+    if future.done():  # the asker gave up (cancelled); the outcome stands regardless
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+@final
+class Activation:
+    """One live actor: its state, its mailbox and the task that is its single writer."""
+
+    def __init__(self, host: ActorHost, actor_cls: type[Actor[Any]], actor_id: str) -> None:
+        self.host: Final = host
+        self.actor_cls: Final = actor_cls
+        self.actor: Final = actor_cls()
+        self.actor_id: Final = actor_id
+        self.stream_id: Final = stream_id_of(actor_cls.type_name, actor_id)
+        self.mailbox: Final[deque[_Envelope]] = deque()
+        self.wakeup: Final = asyncio.Event()
+        self.state: Any = actor_cls.initial_state
+        self.seq = 0
+        self.epoch = 0
+        self.snapshot_seq = 0
+        self.status: str | None = None
+        self.dedupe: Final[OrderedDict[str, bytes]] = OrderedDict()
+        self.passivate_requested = False
+        self.busy = False
+        self.hydrated = False
+        self._outbox_counter = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def next_outbox_id(self) -> str:
+        """A message id no other committed outbox message of this stream has: epochs are unique
+        per activation and the counter is unique within one."""
+        self._outbox_counter += 1
+        return f"{self.stream_id}#{self.epoch}.{self._outbox_counter}"
+
+    # Hydration --------------------------------------------------------------------------------
+
+    async def hydrate(self) -> None:
+        """Take the lease; rebuild the state from the latest snapshot plus the events after it."""
+        host = self.host
+        lease = await host.store.acquire_lease(
+            self.stream_id, host.node_id, host.clock.wall_ms(), host.config.lease_ttl_ms
+        )
+        assert lease.epoch >= 1
+        self.epoch = lease.epoch
+        rewrite_snapshot = False
+        snapshot = await host.store.read_snapshot(self.stream_id)
+        state = self.actor_cls.initial_state
+        seq = 0
+        if snapshot is not None:
+            try:
+                state = host.decode_state(self.actor_cls, snapshot)
+                seq = snapshot.seq
+            except CodecError as error:
+                host.statistics.snapshot_fallbacks += 1
+                rewrite_snapshot = True
+                log.warning(
+                    "SnapshotUndecodable",
+                    extra={"stream_id": self.stream_id, "seq": snapshot.seq, "error": str(error)},
+                )
+        self.snapshot_seq = seq
+        while seq < lease.head_seq:
+            page = await host.store.read_events(self.stream_id, seq, _REPLAY_PAGE_EVENTS)
+            if not page:
+                break
+            for stored in page:
+                # Paired with the store's gapless rule: replay sees exactly seq + 1, seq + 2, ...
+                assert stored.seq == seq + 1, (self.stream_id, stored.seq, seq)
+                event = host.codec.decode(stored.type_name, stored.type_version, stored.payload)
+                state = self.actor.evolve(state, event)
+                seq = stored.seq
+            host.statistics.events_replayed += len(page)
+        assert seq >= lease.head_seq, (self.stream_id, seq, lease.head_seq)
+        self.state = state
+        self.seq = seq
+        self.status = self.actor.status(state)
+        if self.actor_cls.dedupe_window > 0:
+            for record in await host.store.read_dedupe(
+                self.stream_id, self.actor_cls.dedupe_window
+            ):
+                self.dedupe[record.message_id] = record.reply
+        self.hydrated = True
+        if rewrite_snapshot:
+            await self._commit(
+                AppendRequest(
+                    stream_id=self.stream_id,
+                    epoch=self.epoch,
+                    expected_seq=self.seq,
+                    events=(),
+                    recorded_at_ms=host.clock.wall_ms(),
+                    snapshot=self._snapshot_of(self.state, self.seq),
+                )
+            )
+            self.snapshot_seq = self.seq
+
+    def _snapshot_of(self, state: Any, seq: int) -> Snapshot:
+        self.host.statistics.snapshots_written += 1
+        return self.host.encode_state(self.actor_cls, self.stream_id, state, seq)
+
+    async def _commit(self, request: AppendRequest) -> None:
+        await self.host.journal.append(request)
+        assert request.new_head_seq == self.seq + len(request.events)
+
+    # The mailbox loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The actor's single-writer loop, from hydration to passivation."""
+        host = self.host
+        try:
+            await self.hydrate()
+        except Exception as error:
+            host.forget(self)
+            self.fail_mailbox(error)
+            return
+        host.statistics.activations += 1
+        idle_timeout_s = host.config.idle_timeout_s
+        while True:
+            if not self.mailbox:
+                if self.passivate_requested or host.closing:
+                    break
+                self.wakeup.clear()
+                try:
+                    async with asyncio.timeout(idle_timeout_s):
+                        await self.wakeup.wait()
+                except TimeoutError:
+                    if not self.mailbox:
+                        break
+                continue
+            batch = [
+                self.mailbox.popleft()
+                for _ in range(min(len(self.mailbox), host.config.handler_batch_max))
+            ]
+            self.busy = True
+            try:
+                healthy = await self._handle_batch(batch)
+            finally:
+                self.busy = False
+            host.touch(self)
+            if not healthy:
+                # The store rejected or lost our write: our view of the stream is not to be
+                # trusted. Leave without releasing the lease; queued messages start afresh.
+                host.forget(self)
+                host.redeliver(self)
+                return
+        await self._passivate()
+
+    async def _passivate(self) -> None:
+        host = self.host
+        # No await between the empty-mailbox check in run() and forget(): a message that
+        # arrives from now on creates a new activation instead of landing in a dead mailbox.
+        host.forget(self)
+        host.statistics.passivations += 1
+        try:
+            if host.config.snapshot_on_passivate and self.seq > self.snapshot_seq:
+                await self._commit(
+                    AppendRequest(
+                        stream_id=self.stream_id,
+                        epoch=self.epoch,
+                        expected_seq=self.seq,
+                        events=(),
+                        recorded_at_ms=host.clock.wall_ms(),
+                        snapshot=self._snapshot_of(self.state, self.seq),
+                    )
+                )
+            await host.store.release_leases(host.node_id, [(self.stream_id, self.epoch)])
+        except (Fenced, ConcurrencyConflict, StoreUnavailable, NodeClosed) as error:
+            # A newer activation already exists, or the store is away: the lease simply expires.
+            log.debug(
+                "PassivateIncomplete", extra={"stream_id": self.stream_id, "error": str(error)}
+            )
+
+    def fail_mailbox(self, error: BaseException) -> None:
+        while self.mailbox:
+            _settle(self.mailbox.popleft(), error=error)
+
+    async def _handle_batch(self, batch: Sequence[_Envelope]) -> bool:
+        """Handle ``batch`` against a working state, commit once, then reply. Returns False when
+        the activation must be dropped."""
+        host = self.host
+        working = self.state
+        events: list[NewEvent] = []
+        dedupe: list[DedupeRecord] = []
+        outbox: list[OutboxMessage] = []
+        timers_set: dict[str, Timer] = {}
+        timers_cancelled: set[str] = set()
+        outcomes: list[tuple[_Envelope, Any, BaseException | None]] = []
+        seen_in_batch: dict[str, bytes] = {}
+        for envelope in batch:
+            host.statistics.messages += 1
+            message_id = envelope.message_id
+            if message_id is not None:
+                stored_reply = self.dedupe.get(message_id, seen_in_batch.get(message_id))
+                if stored_reply is not None:
+                    host.statistics.duplicates += 1
+                    outcomes.append((envelope, host.codec.loads_any(stored_reply), None))
+                    continue
+            context: ActorContext[Any] = ActorContext(self, working, message_id, host.codec)
+            try:
+                function = self.actor_cls.handler_for(envelope.message)
+                reply = function(self.actor, context, envelope.message)
+                if inspect.isawaitable(reply):
+                    reply = await reply
+                encoded_reply = (
+                    host.codec.dumps_any(reply)
+                    if message_id is not None and context.wrote_anything
+                    else None
+                )
+            except Exception as error:
+                host.statistics.handler_errors += 1
+                outcomes.append((envelope, None, error))
+                continue
+            working = context.state
+            events.extend(context.events)
+            outbox.extend(context.outbox)
+            for name in context.timers_cancelled:
+                timers_set.pop(name, None)
+                timers_cancelled.add(name)
+            for name, timer in context.timers_set.items():
+                timers_cancelled.discard(name)
+                timers_set[name] = timer
+            if encoded_reply is not None:
+                assert message_id is not None
+                dedupe.append(DedupeRecord(message_id, self.seq + len(events), encoded_reply))
+                seen_in_batch[message_id] = encoded_reply
+            outcomes.append((envelope, reply, None))
+        if events or outbox or timers_set or timers_cancelled:
+            return await self._commit_batch(
+                working, events, dedupe, outbox, timers_set, timers_cancelled, outcomes
+            )
+        assert working is self.state  # nothing was emitted, so nothing changed
+        for envelope, reply, error in outcomes:
+            _settle(envelope, result=reply, error=error)
+        return True
+
+    async def _commit_batch(
+        self,
+        working: Any,
+        events: list[NewEvent],
+        dedupe: list[DedupeRecord],
+        outbox: list[OutboxMessage],
+        timers_set: dict[str, Timer],
+        timers_cancelled: set[str],
+        outcomes: list[tuple[_Envelope, Any, BaseException | None]],
+    ) -> bool:
+        host = self.host
+        new_seq = self.seq + len(events)
+        snapshot = None
+        every = self.actor_cls.snapshot_every
+        if every > 0 and new_seq - self.snapshot_seq >= every:
+            snapshot = self._snapshot_of(working, new_seq)
+        status = self.actor.status(working)
+        request = AppendRequest(
+            stream_id=self.stream_id,
+            epoch=self.epoch,
+            expected_seq=self.seq,
+            events=events,
+            recorded_at_ms=host.clock.wall_ms(),
+            dedupe=dedupe,
+            dedupe_window=self.actor_cls.dedupe_window,
+            outbox=outbox,
+            timers_set=list(timers_set.values()),
+            timers_cancelled=sorted(timers_cancelled),
+            snapshot=snapshot,
+            status=status if status != self.status else None,
+        )
+        try:
+            await self._commit(request)
+        except (Fenced, ConcurrencyConflict, StoreUnavailable, NodeClosed) as failure:
+            if isinstance(failure, Fenced | ConcurrencyConflict):
+                host.statistics.fenced += 1
+            for envelope, _, _ in outcomes:
+                _settle(envelope, error=failure)
+            return False
+        self.state = working
+        self.seq = new_seq
+        self.status = status
+        if snapshot is not None:
+            self.snapshot_seq = new_seq
+        for record in dedupe:
+            self.dedupe[record.message_id] = record.reply
+        while len(self.dedupe) > self.actor_cls.dedupe_window:
+            self.dedupe.popitem(last=False)
+        for envelope, reply, error in outcomes:
+            _settle(envelope, result=reply, error=error)
+        if outbox:
+            host.on_outbox_written()
+        if timers_set:
+            host.on_timers_set(min(timer.due_at_ms for timer in timers_set.values()))
+        return True
+
+
+@final
+class ActorHost:
+    """Hosts the live actors of one node.
+
+    Args:
+        node_id: the lease owner name of this node.
+        store: the durable store.
+        journal: the group-commit journal over ``store``.
+        actors: the actor types this node hosts.
+        config: the node's settings.
+        clock: the node's clock.
+        codec: the type registry.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        store: Store,
+        journal: Journal,
+        actors: Sequence[type[Actor[Any]]],
+        config: NodeConfig,
+        clock: Clock,
+        codec: Registry,
+    ) -> None:
+        self.node_id: Final = node_id
+        self.store: Final = store
+        self.journal: Final = journal
+        self.config: Final = config
+        self.clock: Final = clock
+        self.codec: Final = codec
+        self.types: Final[dict[str, type[Actor[Any]]]] = {}
+        for actor_cls in actors:
+            if not (isinstance(actor_cls, type) and issubclass(actor_cls, Actor)):
+                raise UsageError(f"actors= takes Actor subclasses, got {actor_cls!r}")
+            other = self.types.get(actor_cls.type_name)
+            if other is not None and other is not actor_cls:
+                raise UsageError(
+                    f"{actor_cls.__qualname__} and {other.__qualname__} both use type_name "
+                    f"{actor_cls.type_name!r}"
+                )
+            self.types[actor_cls.type_name] = actor_cls
+        self.live: Final[OrderedDict[str, Activation]] = OrderedDict()
+        self.closing = False
+        self.statistics: Final = HostStatistics()
+        self.on_outbox_written: Callable[[], None] = lambda: None
+        self.on_timers_set: Callable[[int], None] = lambda due_at_ms: None
+
+    def actor_type(self, actor: type[Actor[Any]] | str) -> type[Actor[Any]]:
+        """The hosted actor class for a class or a type name.
+
+        Raises:
+            UnknownActorType: this node does not host it.
+        """
+        name = actor if isinstance(actor, str) else getattr(actor, "type_name", None)
+        actor_cls = self.types.get(name) if isinstance(name, str) else None
+        if actor_cls is None or (not isinstance(actor, str) and actor_cls is not actor):
+            raise UnknownActorType(str(name if name is not None else actor), list(self.types))
+        return actor_cls
+
+    def deliver(
+        self,
+        actor: type[Actor[Any]] | str,
+        actor_id: str,
+        message: object,
+        message_id: str | None,
+        *,
+        want_reply: bool,
+    ) -> asyncio.Future[Any] | None:
+        """Queue ``message`` for the actor, activating it if needed.
+
+        Returns a future of the reply when ``want_reply``.
+
+        Raises:
+            NodeClosed: the host is stopping.
+            Overloaded: the actor's mailbox is full.
+        """
+        if self.closing:
+            raise NodeClosed(f"node {self.node_id!r} is stopping; send the message elsewhere")
+        actor_cls = self.actor_type(actor)
+        actor_cls.handler_for(message)  # fail fast, before anything is queued
+        stream_id = stream_id_of(actor_cls.type_name, actor_id)
+        activation = self.live.get(stream_id)
+        if activation is None:
+            activation = self._activate(actor_cls, actor_id)
+        if len(activation.mailbox) >= self.config.mailbox_messages_max:
+            raise Overloaded(f"the mailbox of {stream_id!r}", self.config.mailbox_messages_max, 1.0)
+        future = asyncio.get_running_loop().create_future() if want_reply else None
+        activation.mailbox.append(_Envelope(message, message_id, future))
+        activation.wakeup.set()
+        self.live.move_to_end(stream_id)
+        return future
+
+    def _activate(self, actor_cls: type[Actor[Any]], actor_id: str) -> Activation:
+        activation = Activation(self, actor_cls, actor_id)
+        self.live[activation.stream_id] = activation
+        if len(self.live) > self.config.live_actors_max:
+            self._shed(len(self.live) - self.config.live_actors_max)
+        activation.task = asyncio.create_task(
+            activation.run(), name=f"mainspring-actor:{activation.stream_id}"
+        )
+        return activation
+
+    def _shed(self, count: int) -> None:
+        """Ask the ``count`` least recently used idle actors to passivate."""
+        for activation in self.live.values():
+            if count <= 0:
+                break
+            idle = activation.hydrated and not activation.mailbox and not activation.busy
+            if idle and not activation.passivate_requested:
+                activation.passivate_requested = True
+                activation.wakeup.set()
+                count -= 1
+
+    def touch(self, activation: Activation) -> None:
+        """Mark ``activation`` as recently used."""
+        if self.live.get(activation.stream_id) is activation:
+            self.live.move_to_end(activation.stream_id)
+
+    def forget(self, activation: Activation) -> None:
+        """Remove ``activation`` from the live set (it stops writing)."""
+        if self.live.get(activation.stream_id) is activation:
+            del self.live[activation.stream_id]
+
+    def redeliver(self, dropped: Activation) -> None:
+        """Move the queued messages of a dropped activation to a fresh one, which re-hydrates
+        from the store. They were accepted already, so the mailbox bound does not apply."""
+        while dropped.mailbox:
+            envelope = dropped.mailbox.popleft()
+            if self.closing:
+                _settle(envelope, error=NodeClosed(f"node {self.node_id!r} is stopping"))
+                continue
+            activation = self.live.get(dropped.stream_id)
+            if activation is None:
+                activation = self._activate(dropped.actor_cls, dropped.actor_id)
+            activation.mailbox.append(envelope)
+            activation.wakeup.set()
+
+    def lost_leases(self, stream_ids: Sequence[str]) -> None:
+        """Drop activations whose lease renewal failed (another node owns them now)."""
+        for stream_id in stream_ids:
+            activation = self.live.get(stream_id)
+            if activation is not None:
+                activation.passivate_requested = True
+                self.forget(activation)
+                activation.wakeup.set()
+
+    def held_leases(self) -> list[tuple[str, int]]:
+        """``(stream_id, epoch)`` of every hydrated live actor."""
+        return [(a.stream_id, a.epoch) for a in self.live.values() if a.hydrated]
+
+    def encode_state(
+        self, actor_cls: type[Actor[Any]], stream_id: str, state: Any, seq: int
+    ) -> Snapshot:
+        """Encode ``state`` as the snapshot after ``seq``."""
+        codec = self.codec
+        if codec.is_registered(type(state)):
+            encoded = codec.encode(state)
+            return Snapshot(
+                stream_id,
+                seq,
+                encoded.type_name,
+                encoded.type_version,
+                encoded.payload,
+                self.clock.wall_ms(),
+            )
+        payload = codec.dumps_plain(state)
+        return Snapshot(stream_id, seq, "", actor_cls.state_version, payload, self.clock.wall_ms())
+
+    def decode_state(self, actor_cls: type[Actor[Any]], snapshot: Snapshot) -> Any:
+        """Decode a snapshot of ``actor_cls``.
+
+        Raises:
+            CodecError: the snapshot does not fit the current state class.
+        """
+        if snapshot.type_name:
+            return self.codec.decode(snapshot.type_name, snapshot.type_version, snapshot.payload)
+        if snapshot.type_version != actor_cls.state_version:
+            raise CodecError(
+                f"snapshot state_version {snapshot.type_version} != {actor_cls.type_name!r} "
+                f"state_version {actor_cls.state_version}"
+            )
+        state_type = actor_cls.state_type or type(actor_cls.initial_state)
+        return self.codec.loads_plain(snapshot.payload, state_type)
+
+    async def drain(self) -> None:
+        """Stop accepting messages and let every live actor finish its mailbox and passivate."""
+        self.closing = True
+        tasks = [a.task for a in self.live.values() if a.task is not None]
+        for activation in list(self.live.values()):
+            activation.wakeup.set()
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self.config.shutdown_timeout_s)
+        for activation in list(self.live.values()):
+            if activation.task in pending:
+                log.warning("ShutdownAbandonedMailbox", extra={"stream_id": activation.stream_id})
+                self.forget(activation)
+                activation.fail_mailbox(
+                    NodeClosed(f"node {self.node_id!r} stopped before handling this message")
+                )
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)

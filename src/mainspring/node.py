@@ -1,0 +1,274 @@
+"""Node: one process hosting actor types over a store.
+
+``async with Node("node-1", store=SqliteStore("app.db"), actors=[Account]) as node:`` opens the
+store, starts the group-commit journal, the lease renewer, the reminder scan and the outbox
+relay, and serves ``ask``/``tell``. Leaving the block stops accepting messages, drains every
+mailbox, snapshots and releases leases, and closes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar, final
+
+from mainspring.actors.actor import Actor
+from mainspring.actors.host import ActorHost
+from mainspring.actors.scans import ScanStatistics, start_scans
+from mainspring.codec import Registry, registry
+from mainspring.config import NodeConfig
+from mainspring.errors import NodeClosed, StoreUnavailable, UsageError
+from mainspring.persistence.journal import Journal
+from mainspring.persistence.store import Store
+from mainspring.seams import Clock, Ids, Random, SeededRandom, SystemClock, SystemIds
+
+__all__ = ["Node"]
+
+log: Final = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+_NODE_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}$")
+_ACTOR_ID_LENGTH_MAX: Final = 512
+_MESSAGE_ID_LENGTH_MAX: Final = 256
+
+
+def _check_actor_id(actor_id: object) -> str:
+    if not isinstance(actor_id, str) or not actor_id or len(actor_id) > _ACTOR_ID_LENGTH_MAX:
+        raise UsageError(
+            f"actor_id must be a non-empty str of at most {_ACTOR_ID_LENGTH_MAX} characters, "
+            f"got {actor_id!r:.80}"
+        )
+    return actor_id
+
+
+def _check_message_id(message_id: object) -> str | None:
+    if message_id is None:
+        return None
+    if (
+        not isinstance(message_id, str)
+        or not message_id
+        or len(message_id) > _MESSAGE_ID_LENGTH_MAX
+    ):
+        raise UsageError(
+            f"message_id must be None or a non-empty str of at most {_MESSAGE_ID_LENGTH_MAX} "
+            f"characters, got {message_id!r:.80}"
+        )
+    return message_id
+
+
+@final
+class Node:
+    """A mainspring node: hosts actors over a store and serves ``ask`` and ``tell``.
+
+    Args:
+        node_id: this node's name, the owner recorded on its leases. A restarted node with the
+            same id takes its own leases back at once.
+        store: the durable store; the node opens it on start and closes it on stop.
+        actors: the actor types this node hosts.
+        config: settings; see ``NodeConfig``.
+        clock: the clock seam (system clock by default).
+        random: the random seam (seeded from the OS by default).
+        ids: the id seam (UUID4 by default).
+        codec: the type registry (the process-wide one by default).
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        store: Store,
+        actors: Sequence[type[Actor[Any]]] = (),
+        config: NodeConfig | None = None,
+        clock: Clock | None = None,
+        random: Random | None = None,
+        ids: Ids | None = None,
+        codec: Registry | None = None,
+    ) -> None:
+        if not isinstance(node_id, str) or not _NODE_ID_PATTERN.match(node_id):
+            raise UsageError(
+                f"node_id must be 1-100 letters, digits, '_', '.', ':' or '-' starting with a "
+                f"letter or digit, got {node_id!r}"
+            )
+        if config is not None and not isinstance(config, NodeConfig):
+            raise UsageError(f"config must be a NodeConfig, got {type(config).__name__}")
+        self.node_id: Final = node_id
+        self.config: Final = config or NodeConfig()
+        self.clock: Final[Clock] = clock or SystemClock()
+        self.random: Final[Random] = random or SeededRandom()
+        self.ids: Final[Ids] = ids or SystemIds()
+        self.codec: Final = codec or registry
+        self.store: Final = store
+        self.journal: Final = Journal(
+            store, self.clock, batch_requests_max=self.config.journal_batch_max
+        )
+        self.host: Final = ActorHost(
+            node_id, store, self.journal, actors, self.config, self.clock, self.codec
+        )
+        self.scan_statistics: Final = ScanStatistics()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._state = "new"
+        self._unwire: Callable[[], None] = lambda: None
+
+    # Lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store and start the node's background work.
+
+        Raises:
+            StoreUnavailable: the store cannot be opened.
+        """
+        if self._state != "new":
+            raise UsageError(f"node {self.node_id!r} was already started (state {self._state})")
+        self._state = "starting"
+        await self.store.open()
+        await self.journal.start()
+        timers, relay, self._unwire = start_scans(self.host, self.scan_statistics)
+        self._spawn(self._renew_leases(), "lease-renewer")
+        self._spawn(timers.run(), "timer-scan")
+        self._spawn(relay.run(), "outbox-relay")
+        self._state = "running"
+        log.info("NodeStarted", extra={"node_id": self.node_id})
+
+    async def stop(self) -> None:
+        """Stop accepting messages, drain mailboxes (up to ``shutdown_timeout_s``), snapshot and
+        release leases, and close the store. Idempotent."""
+        if self._state in {"stopping", "stopped"}:
+            return
+        self._state = "stopping"
+        for task in self._tasks:
+            task.cancel()
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._unwire()
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                log.error("NodeTaskFailed", exc_info=result)
+        await self.host.drain()
+        await self.journal.close()
+        await self.store.close()
+        self._state = "stopped"
+        log.info("NodeStopped", extra={"node_id": self.node_id})
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _spawn(self, work: Awaitable[None], name: str) -> None:
+        async def guarded() -> None:
+            await work
+
+        self._tasks.append(asyncio.create_task(guarded(), name=f"mainspring-{name}"))
+
+    async def _renew_leases(self) -> None:
+        config = self.config
+        while True:
+            await asyncio.sleep(config.lease_renew_interval_s)
+            held = self.host.held_leases()
+            if not held:
+                continue
+            try:
+                lost = await self.store.renew_leases(
+                    self.node_id, held, self.clock.wall_ms(), config.lease_ttl_ms
+                )
+            except StoreUnavailable as error:
+                log.warning("LeaseRenewalFailed", extra={"error": str(error)})
+                continue
+            if lost:
+                log.warning("LeasesLost", extra={"streams": len(lost)})
+                self.host.lost_leases(lost)
+
+    # Messaging ---------------------------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._state != "running":
+            if self._state == "new":
+                raise UsageError(
+                    f"node {self.node_id!r} is not started; use 'async with node:' or "
+                    "'await node.start()' first"
+                )
+            raise NodeClosed(f"node {self.node_id!r} is {self._state}; it accepts no messages")
+
+    async def ask(
+        self,
+        actor: type[Actor[Any]] | str,
+        actor_id: str,
+        message: object,
+        *,
+        message_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        """Send ``message`` to an actor and return its handler's reply once the events the
+        handler emitted are committed.
+
+        Args:
+            actor: the actor class, or its type name.
+            actor_id: the actor's id (activated on first use).
+            message: an instance of a message class the actor handles.
+            message_id: an idempotency key; a message with an id the actor already accepted
+                is not applied again and returns the stored reply.
+            timeout_s: give up waiting after this long (the message may still be handled).
+
+        Raises:
+            UnknownActorType: the node does not host ``actor``.
+            Overloaded: the actor's mailbox is full.
+            CommandRejected: the handler refused the message.
+            TimeoutError: ``timeout_s`` passed first.
+            NodeClosed: the node is stopping.
+            Any exception the handler raised: nothing was written.
+        """
+        self._check_running()
+        _check_actor_id(actor_id)
+        _check_message_id(message_id)
+        if timeout_s is not None and not timeout_s > 0:
+            raise UsageError(f"timeout_s must be None or > 0, got {timeout_s!r}")
+        future = self.host.deliver(actor, actor_id, message, message_id, want_reply=True)
+        assert future is not None
+        if timeout_s is None:
+            return await future
+        async with asyncio.timeout(timeout_s):
+            return await asyncio.shield(future)
+
+    async def tell(
+        self,
+        actor: type[Actor[Any]] | str,
+        actor_id: str,
+        message: object,
+        *,
+        message_id: str | None = None,
+    ) -> None:
+        """Queue ``message`` for an actor without waiting for it to be handled.
+
+        Nothing is durable when this returns: use ``ask`` (or an actor's ``ctx.tell``, which goes
+        through the outbox) when the message must survive a crash.
+
+        Raises:
+            UnknownActorType: the node does not host ``actor``.
+            Overloaded: the actor's mailbox is full.
+            NodeClosed: the node is stopping.
+        """
+        self._check_running()
+        _check_actor_id(actor_id)
+        _check_message_id(message_id)
+        self.host.deliver(actor, actor_id, message, message_id, want_reply=False)
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters of the node's parts, for logs, tests and metrics."""
+        import attrs
+
+        return {
+            "live_actors": len(self.host.live),
+            "host": attrs.asdict(self.host.statistics),
+            "journal": attrs.asdict(self.journal.statistics),
+            "scans": attrs.asdict(self.scan_statistics),
+        }

@@ -1,0 +1,178 @@
+"""Journal: group commit of many actors' appends over one Store.
+
+Appends that arrive while a commit is in flight wait and go into the next transaction together,
+so throughput grows with concurrency while each actor still waits for its own commit before it
+replies (durable before acknowledged). Each request keeps its own fencing and sequence check in
+the store, so one actor's conflict never fails another's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Final, final
+
+import attrs
+
+from mainspring.errors import NodeClosed, StoreUnavailable, UsageError
+from mainspring.persistence.store import AppendRequest, Store
+from mainspring.seams import Clock
+
+__all__ = ["Journal", "JournalStatistics"]
+
+log: Final = logging.getLogger(__name__)
+
+
+@attrs.define
+class JournalStatistics:
+    """Counters of a journal since it started."""
+
+    commits: int = 0
+    requests: int = 0
+    events: int = 0
+    rejected: int = 0
+    failed_batches: int = 0
+    batch_requests_max_seen: int = 0
+    commit_seconds_total: float = 0.0
+
+
+@attrs.define
+class _Pending:
+    request: AppendRequest
+    done: asyncio.Future[None]
+
+
+@final
+class Journal:
+    """Batches appends into store transactions; one committer task per journal.
+
+    Args:
+        store: the store to commit to.
+        clock: for commit latency statistics only.
+        batch_requests_max: the most append requests in one transaction.
+        pending_requests_max: the most requests waiting for a commit; ``append`` beyond it waits,
+            which pushes back on the mailboxes instead of growing memory.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        batch_requests_max: int = 1000,
+        pending_requests_max: int = 100_000,
+    ) -> None:
+        if batch_requests_max < 1:
+            raise UsageError(f"batch_requests_max must be >= 1, got {batch_requests_max}")
+        if pending_requests_max < batch_requests_max:
+            raise UsageError(
+                f"pending_requests_max ({pending_requests_max}) must be >= batch_requests_max "
+                f"({batch_requests_max})"
+            )
+        self._store = store
+        self._clock = clock
+        self._batch_requests_max = batch_requests_max
+        self._pending: deque[_Pending] = deque()
+        self._space = asyncio.Semaphore(pending_requests_max)
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.statistics: Final = JournalStatistics()
+
+    async def start(self) -> None:
+        """Start the committer task."""
+        assert self._task is None, "journal started twice"
+        self._task = asyncio.create_task(self._run(), name="mainspring-journal")
+
+    async def close(self) -> None:
+        """Commit everything already appended, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        assert not self._pending, "journal closed with pending appends"
+
+    async def append(self, request: AppendRequest) -> None:
+        """Append ``request`` in the next group commit and wait until it is durable.
+
+        Raises:
+            Fenced: the request's epoch is stale; the actor must deactivate.
+            ConcurrencyConflict: the stream head moved; the actor must re-hydrate.
+            StoreUnavailable: the batch failed (``ambiguous`` when it may have committed).
+            NodeClosed: the journal is closing.
+        """
+        if self._closing:
+            raise NodeClosed("the journal is closing and accepts no more appends")
+        await self._space.acquire()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(request, done))
+        self._wakeup.set()
+        try:
+            await done
+        finally:
+            self._space.release()
+
+    def _take_batch(self) -> list[_Pending]:
+        """Up to ``batch_requests_max`` pending requests with distinct streams, in order."""
+        batch: list[_Pending] = []
+        streams: set[str] = set()
+        held_back: list[_Pending] = []
+        while self._pending and len(batch) < self._batch_requests_max:
+            pending = self._pending.popleft()
+            if pending.request.stream_id in streams:
+                # Two appends of one stream never share a transaction: the second one's expected
+                # sequence depends on the first one's outcome.
+                held_back.append(pending)
+                continue
+            streams.add(pending.request.stream_id)
+            batch.append(pending)
+        self._pending.extendleft(reversed(held_back))
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._take_batch()
+            assert batch
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        started = self._clock.monotonic_s()
+        try:
+            results = await self._store.append_batch([pending.request for pending in batch])
+        except StoreUnavailable as error:
+            self.statistics.failed_batches += 1
+            for pending in batch:
+                if not pending.done.done():
+                    pending.done.set_exception(error)
+            return
+        except Exception as error:
+            # Anything else is a bug in a store: fail the batch loudly rather than hang callers.
+            log.exception("StoreAppendFailed", extra={"requests": len(batch)})
+            failure = StoreUnavailable(f"the store failed an append batch: {error!r}")
+            for pending in batch:
+                if not pending.done.done():
+                    pending.done.set_exception(failure)
+            return
+        assert len(results) == len(batch), (len(results), len(batch))
+        statistics = self.statistics
+        statistics.commits += 1
+        statistics.requests += len(batch)
+        statistics.batch_requests_max_seen = max(statistics.batch_requests_max_seen, len(batch))
+        statistics.commit_seconds_total += self._clock.monotonic_s() - started
+        for pending, result in zip(batch, results, strict=True):
+            if pending.done.done():  # the caller was cancelled; the outcome stands regardless
+                continue
+            if result is None:
+                statistics.events += len(pending.request.events)
+                pending.done.set_result(None)
+            else:
+                statistics.rejected += 1
+                pending.done.set_exception(result)
