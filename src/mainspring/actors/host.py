@@ -316,8 +316,8 @@ class Activation:
                 working, events, dedupe, outbox, timers_set, timers_cancelled, outcomes
             )
         assert working is self.state  # nothing was emitted, so nothing changed
-        for envelope, reply, error in outcomes:
-            _settle(envelope, result=reply, error=error)
+        for envelope, reply, outcome_error in outcomes:
+            _settle(envelope, result=reply, error=outcome_error)
         return True
 
     async def _commit_batch(
