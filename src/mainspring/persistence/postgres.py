@@ -1,0 +1,920 @@
+"""PostgresStore: the Store protocol on PostgreSQL through asyncpg, for clusters of nodes.
+
+Every node opens its own ``PostgresStore`` over one database; fencing between them rests on the
+database alone. The rules of ``mainspring.persistence.store`` are kept by SQL inside one
+transaction:
+
+* ``acquire_lease`` is one conditional upsert of the stream row (plus its lease-history row).
+* ``append_batch`` is one call of the ``append_batch`` SQL function (see
+  ``schema/postgres/0001_initial.sql``): it locks the named streams in stream-id order, decides
+  each request on its locked row, and writes what the accepted ones carry. One round trip and one
+  commit per batch, whatever its size.
+
+The instance index lives in the stream row (an ``instances`` view shows it), so an append
+updates one row per stream. Statements run in autocommit, one per operation, so an operation
+costs one round trip. Schema changes are versioned migrations, applied by ``open`` under a
+transaction-scoped advisory lock so that nodes starting together apply each one once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import urllib.parse
+import zlib
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, Final, final
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from mainspring.errors import ConcurrencyConflict, Fenced, LeaseHeld, StoreUnavailable, UsageError
+from mainspring.persistence.store import (
+    SCHEMA_VERSION,
+    AppendRequest,
+    AppendResult,
+    DedupeRecord,
+    InstanceInfo,
+    Lease,
+    LeaseRecord,
+    OutboxMessage,
+    Snapshot,
+    StoredEvent,
+    StreamHead,
+    Timer,
+    split_stream_id,
+)
+
+__all__ = ["PostgresStore"]
+
+logger = logging.getLogger(__name__)
+
+_MIGRATIONS: Final = ((1, "0001_initial.sql"),)
+"""Every schema version with the file that creates it from the one before, oldest first."""
+assert [version for version, _ in _MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
+
+_SCHEMA_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_IDENTIFIER_BYTES_MAX: Final = 63  # PostgreSQL's NAMEDATALEN - 1
+_MIGRATION_LOCK_CLASS: Final = 0x6D6E7370  # "mnsp": the first key of the advisory lock
+_LEASE_ATTEMPTS_MAX: Final = 3
+
+# The connection-level SQLSTATEs: the server or the link failed, not the statement, so a write
+# in flight may have committed.
+_CONNECTION_SQLSTATE_CLASS: Final = "08"
+_SHUTDOWN_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03"})
+
+_DRIVER_ERRORS: Final = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+
+# The parameters of the append_batch SQL function, in order, with their types.
+_APPEND_PARAMETERS: Final = (
+    ("p_stream", "text[]"),
+    ("p_epoch", "bigint[]"),
+    ("p_expected", "bigint[]"),
+    ("p_new_head", "bigint[]"),
+    ("p_recorded_ms", "bigint[]"),
+    ("p_dedupe_window", "bigint[]"),
+    ("p_status", "text[]"),
+    ("e_request", "integer[]"),
+    ("e_stream", "text[]"),
+    ("e_seq", "bigint[]"),
+    ("e_type_name", "text[]"),
+    ("e_type_version", "integer[]"),
+    ("e_payload", "bytea[]"),
+    ("e_message_id", "text[]"),
+    ("d_request", "integer[]"),
+    ("d_stream", "text[]"),
+    ("d_message_id", "text[]"),
+    ("d_seq", "bigint[]"),
+    ("d_reply", "bytea[]"),
+    ("o_request", "integer[]"),
+    ("o_message_id", "text[]"),
+    ("o_source", "text[]"),
+    ("o_target_type", "text[]"),
+    ("o_target_id", "text[]"),
+    ("o_type_name", "text[]"),
+    ("o_type_version", "integer[]"),
+    ("o_payload", "bytea[]"),
+    ("o_created_ms", "bigint[]"),
+    ("t_request", "integer[]"),
+    ("t_stream", "text[]"),
+    ("t_name", "text[]"),
+    ("t_due_ms", "bigint[]"),
+    ("t_payload", "bytea[]"),
+    ("c_request", "integer[]"),
+    ("c_stream", "text[]"),
+    ("c_name", "text[]"),
+    ("s_request", "integer[]"),
+    ("s_stream", "text[]"),
+    ("s_seq", "bigint[]"),
+    ("s_type_name", "text[]"),
+    ("s_type_version", "integer[]"),
+    ("s_payload", "bytea[]"),
+    ("s_recorded_ms", "bigint[]"),
+)
+
+# Named notation: a parameter out of step with the function fails loudly instead of shifting.
+_APPEND_SQL: Final = (
+    "SELECT request_index, current_epoch, current_head FROM append_batch("
+    + ", ".join(
+        f"{name} => ${number}::{kind}"
+        for number, (name, kind) in enumerate(_APPEND_PARAMETERS, start=1)
+    )
+    + ")"
+)
+
+_ACQUIRE_LEASE_SQL: Final = """
+WITH granted AS (
+    INSERT INTO streams AS s (stream_id, actor_type, actor_id, epoch, head, owner, lease_expires_ms)
+    VALUES ($1, $6, $7, 1, 0, $2, $4)
+    ON CONFLICT (stream_id) DO UPDATE
+        SET epoch = s.epoch + 1,
+            owner = excluded.owner,
+            lease_expires_ms = excluded.lease_expires_ms
+        WHERE s.owner IS NULL OR s.owner = excluded.owner OR s.lease_expires_ms <= $3 OR $5
+    RETURNING s.epoch, s.head
+), recorded AS (
+    INSERT INTO lease_history (stream_id, epoch, owner, acquired_ms)
+    SELECT $1, granted.epoch, $2, $3 FROM granted
+)
+SELECT epoch, head FROM granted
+"""
+
+# Renewal and release touch many stream rows: lock them in stream-id order first, as
+# append_batch does, so that they never deadlock against a batch.
+_RENEW_LEASES_SQL: Final = """
+WITH locked AS MATERIALIZED (
+    SELECT s.stream_id FROM streams s
+    WHERE s.stream_id = ANY ($2::text[]) AND s.owner = $1
+    ORDER BY s.stream_id
+    FOR UPDATE
+)
+UPDATE streams s
+SET lease_expires_ms = $4
+FROM locked, unnest($2::text[], $3::bigint[]) AS held(stream_id, epoch)
+WHERE s.stream_id = locked.stream_id
+  AND held.stream_id = s.stream_id
+  AND s.epoch = held.epoch
+  AND s.owner = $1
+RETURNING s.stream_id, s.epoch
+"""
+
+_RELEASE_LEASES_SQL: Final = """
+WITH locked AS MATERIALIZED (
+    SELECT s.stream_id FROM streams s
+    WHERE s.stream_id = ANY ($2::text[]) AND s.owner = $1
+    ORDER BY s.stream_id
+    FOR UPDATE
+)
+UPDATE streams s
+SET owner = NULL, lease_expires_ms = 0
+FROM locked, unnest($2::text[], $3::bigint[]) AS held(stream_id, epoch)
+WHERE s.stream_id = locked.stream_id
+  AND held.stream_id = s.stream_id
+  AND s.epoch = held.epoch
+  AND s.owner = $1
+"""
+
+_DELETE_OUTBOX_SQL: Final = """
+WITH doomed AS MATERIALIZED (
+    SELECT message_id FROM outbox
+    WHERE message_id = ANY ($1::text[])
+    ORDER BY message_id
+    FOR UPDATE
+)
+DELETE FROM outbox o USING doomed WHERE o.message_id = doomed.message_id
+"""
+
+_READ_EVENTS_SQL: Final = """
+SELECT seq, epoch, type_name, type_version, payload, message_id, recorded_ms
+FROM events
+WHERE stream_id = $1 AND seq > $2
+ORDER BY seq
+LIMIT $3
+"""
+
+_READ_DEDUPE_SQL: Final = """
+SELECT message_id, seq, reply FROM (
+    SELECT message_id, seq, reply, position FROM dedupe
+    WHERE stream_id = $1
+    ORDER BY seq DESC, position DESC
+    LIMIT $2
+) newest
+ORDER BY seq, position
+"""
+
+_STREAM_HEAD_COLUMNS: Final = "stream_id, epoch, head, owner, lease_expires_ms"
+_INSTANCE_COLUMNS: Final = "actor_type, actor_id, status, created_ms, updated_ms"
+_OUTBOX_COLUMNS: Final = (
+    "message_id, source_stream_id, target_type, target_id, type_name, type_version, payload, "
+    "created_ms"
+)
+
+
+async def _keep_session(connection: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Pool reset hook that leaves the session as it is.
+
+    The store never changes session state (no SET, LISTEN, cursors or session advisory locks;
+    the migration lock is transaction-scoped), and asyncpg rolls back an open transaction before
+    calling this hook, so the default reset would only add a round trip to every operation.
+    """
+    del connection
+
+
+@final
+class PostgresStore:
+    """The Store protocol on PostgreSQL, for nodes that share one database.
+
+    All tables live in one schema (``schema``), which ``open`` creates and migrates; several
+    independent deployments (or test runs) can share a database with one schema each.
+
+    Args:
+        dsn: a ``postgresql://user@host:port/database`` URI, as asyncpg accepts it.
+        schema: the schema holding mainspring's tables: letters, digits and ``_``, not starting
+            with a digit or ``pg_``, at most 63 bytes.
+        pool_min_size: connections opened at ``open`` and kept.
+        pool_max_size: the most connections (and so concurrent operations) this store uses.
+        command_timeout_s: the longest any one statement may take before it is cancelled and
+            the operation fails with ``StoreUnavailable``.
+        connect_timeout_s: the longest a new connection may take to establish.
+
+    Raises:
+        UsageError: an argument is invalid (the message names it).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "public",
+        pool_min_size: int = 1,
+        pool_max_size: int = 10,
+        command_timeout_s: float = 30.0,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        _check_schema_name(schema)
+        if not 0 <= pool_min_size <= pool_max_size or pool_max_size < 1:
+            raise UsageError(
+                "need 0 <= pool_min_size <= pool_max_size and pool_max_size >= 1, got "
+                f"pool_min_size={pool_min_size}, pool_max_size={pool_max_size}"
+            )
+        if command_timeout_s <= 0 or connect_timeout_s <= 0:
+            raise UsageError(
+                "command_timeout_s and connect_timeout_s must be > 0, got "
+                f"{command_timeout_s} and {connect_timeout_s}"
+            )
+        self._dsn = dsn
+        self._schema = schema
+        self._pool_min_size = pool_min_size
+        self._pool_max_size = pool_max_size
+        self._command_timeout_s = command_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._server = _describe_server(dsn)
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._open_lock = asyncio.Lock()
+
+    # Lifecycle
+
+    async def open(self) -> None:
+        """Connect and apply pending schema migrations. Idempotent.
+
+        Raises:
+            StoreUnavailable: the server cannot be reached, or the schema was migrated by a
+                newer mainspring than this one.
+            UsageError: the DSN is malformed.
+        """
+        async with self._open_lock:
+            if self._pool is not None:
+                return
+            pool = await self._create_pool()
+            try:
+                await self._migrate(pool)
+            except BaseException:
+                pool.terminate()
+                raise
+            self._pool = pool
+
+    async def close(self) -> None:
+        """Release every connection. Idempotent; the data stays for a later ``open``."""
+        async with self._open_lock:
+            pool, self._pool = self._pool, None
+            if pool is None:
+                return
+            try:
+                await asyncio.wait_for(pool.close(), timeout=self._command_timeout_s)
+            except _DRIVER_ERRORS as error:
+                # Closing gracefully failed (a dead server, a stuck query); dropping the
+                # connections is all that is left to do, and the caller can do nothing more.
+                logger.warning(
+                    "PostgresStoreCloseFailed",
+                    extra={"server": self._server, "error": repr(error)},
+                )
+                pool.terminate()
+
+    async def _create_pool(self) -> asyncpg.Pool[asyncpg.Record]:
+        try:
+            return await asyncpg.create_pool(
+                self._dsn,
+                min_size=self._pool_min_size,
+                max_size=self._pool_max_size,
+                command_timeout=self._command_timeout_s,
+                timeout=self._connect_timeout_s,
+                # application_name lets operators find mainspring's sessions in pg_stat_activity.
+                server_settings={
+                    "search_path": f'"{self._schema}"',
+                    "application_name": "mainspring",
+                },
+                reset=_keep_session,
+            )
+        except asyncpg.ClientConfigurationError as error:
+            raise UsageError(
+                f"the PostgreSQL DSN is invalid: {self._redact(error)}. Pass a URI such as "
+                "'postgresql://user@host:5432/database'."
+            ) from error
+        except _DRIVER_ERRORS as error:
+            raise StoreUnavailable(
+                f"cannot connect to {self._server} (schema {self._schema!r}): "
+                f"{self._redact(error)}. Check that PostgreSQL runs there and accepts this "
+                "user from this host, then open the store again."
+            ) from error
+
+    async def _migrate(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        """Create the schema and apply the migrations it lacks, one node at a time."""
+        try:
+            async with (
+                pool.acquire(timeout=self._command_timeout_s) as connection,
+                connection.transaction(),
+            ):
+                await _apply_migrations(connection, self._schema)
+        except _DRIVER_ERRORS as error:
+            raise StoreUnavailable(
+                f"cannot open schema {self._schema!r} on {self._server}: "
+                f"{self._redact(error)}. Check that PostgreSQL runs there, accepts this user "
+                "from this host and lets it create the schema's tables, then open the store "
+                "again."
+            ) from error
+
+    # Leases
+
+    async def acquire_lease(
+        self, stream_id: str, owner: str, now_ms: int, ttl_ms: int, *, steal: bool = False
+    ) -> Lease:
+        """See ``Store.acquire_lease``."""
+        self._require_pool()
+        actor_type, actor_id = split_stream_id(stream_id)
+        expires_at_ms = now_ms + ttl_ms
+        for _ in range(_LEASE_ATTEMPTS_MAX):
+            rows = await self._fetch(
+                "acquire_lease",
+                _ACQUIRE_LEASE_SQL,
+                stream_id,
+                owner,
+                now_ms,
+                expires_at_ms,
+                steal,
+                actor_type,
+                actor_id,
+                writes=True,
+            )
+            if rows:
+                [(epoch, head)] = rows
+                assert epoch >= 1, (stream_id, epoch)
+                return Lease(stream_id, owner, epoch, head, expires_at_ms)
+            # The upsert refused, so another owner held an unexpired lease. It may have been
+            # released since; then the next attempt takes it.
+            holder = await self.read_head(stream_id)
+            if holder is not None and _held_by_other(holder, owner, now_ms):
+                assert holder.owner is not None
+                raise LeaseHeld(stream_id, holder.owner, holder.lease_expires_at_ms)
+        raise StoreUnavailable(
+            f"the lease of {stream_id!r} changed hands {_LEASE_ATTEMPTS_MAX} times while "
+            f"{owner!r} tried to take it; retry later."
+        )
+
+    async def renew_leases(
+        self, owner: str, leases: Sequence[tuple[str, int]], now_ms: int, ttl_ms: int
+    ) -> list[str]:
+        """See ``Store.renew_leases``."""
+        self._require_pool()
+        if not leases:
+            return []
+        stream_ids, epochs = _unzip_leases(leases)
+        rows = await self._fetch(
+            "renew_leases",
+            _RENEW_LEASES_SQL,
+            owner,
+            stream_ids,
+            epochs,
+            now_ms + ttl_ms,
+            writes=True,
+        )
+        renewed = {(row[0], row[1]) for row in rows}
+        assert len(renewed) <= len(leases), (renewed, leases)
+        return [stream_id for stream_id, epoch in leases if (stream_id, epoch) not in renewed]
+
+    async def release_leases(self, owner: str, leases: Sequence[tuple[str, int]]) -> None:
+        """See ``Store.release_leases``."""
+        self._require_pool()
+        if not leases:
+            return
+        stream_ids, epochs = _unzip_leases(leases)
+        await self._fetch(
+            "release_leases", _RELEASE_LEASES_SQL, owner, stream_ids, epochs, writes=True
+        )
+
+    # Appends
+
+    async def append_batch(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        """See ``Store.append_batch``.
+
+        The whole batch is one statement: one round trip and one commit.
+
+        Raises:
+            UsageError: the batch names a stream twice.
+            StoreUnavailable: the whole batch failed (``ambiguous`` if it may have committed).
+        """
+        self._require_pool()
+        _check_distinct_streams(requests)
+        if not requests:
+            return []
+        # Sorting by stream id makes the rows go to the database (and the events into the
+        # index) in key order; the function itself locks the streams in that order.
+        order = sorted(range(len(requests)), key=lambda index: requests[index].stream_id)
+        arguments = _append_arguments(requests, order)
+        rows = await self._fetch("append_batch", _APPEND_SQL, *arguments, writes=True)
+        assert len(rows) <= len(requests), (len(rows), len(requests))
+        results: list[AppendResult] = [None] * len(requests)
+        for request_index, current_epoch, current_head in rows:
+            original = order[request_index - 1]
+            assert results[original] is None, request_index
+            results[original] = _rejection(requests[original], current_epoch, current_head)
+        return results
+
+    # Reads
+
+    async def read_head(self, stream_id: str) -> StreamHead | None:
+        """See ``Store.read_head``."""
+        rows = await self._fetch(
+            "read_head",
+            f"SELECT {_STREAM_HEAD_COLUMNS} FROM streams WHERE stream_id = $1",
+            stream_id,
+        )
+        return _stream_head(rows[0]) if rows else None
+
+    async def read_events(
+        self, stream_id: str, after_seq: int = 0, limit: int = 10_000
+    ) -> list[StoredEvent]:
+        """See ``Store.read_events``. One query, however many events."""
+        self._require_pool()
+        if limit <= 0:
+            return []
+        rows = await self._fetch("read_events", _READ_EVENTS_SQL, stream_id, after_seq, limit)
+        # The columns come in StoredEvent's field order, so each row spreads into the class.
+        events = [StoredEvent(stream_id, *row) for row in rows]
+        if events:
+            assert events[0].seq > after_seq, (stream_id, after_seq, events[0].seq)
+            assert events[-1].seq - events[0].seq == len(events) - 1, "a gap in " + stream_id
+        return events
+
+    async def read_snapshot(self, stream_id: str) -> Snapshot | None:
+        """See ``Store.read_snapshot``."""
+        rows = await self._fetch(
+            "read_snapshot",
+            "SELECT seq, type_name, type_version, payload, recorded_ms FROM snapshots "
+            "WHERE stream_id = $1",
+            stream_id,
+        )
+        return Snapshot(stream_id, *rows[0]) if rows else None
+
+    async def read_dedupe(self, stream_id: str, limit: int) -> list[DedupeRecord]:
+        """See ``Store.read_dedupe``."""
+        self._require_pool()
+        if limit <= 0:
+            return []
+        rows = await self._fetch("read_dedupe", _READ_DEDUPE_SQL, stream_id, limit)
+        return [DedupeRecord(*row) for row in rows]
+
+    async def read_lease_history(self, stream_id: str) -> list[LeaseRecord]:
+        """See ``Store.read_lease_history``."""
+        rows = await self._fetch(
+            "read_lease_history",
+            "SELECT epoch, owner, acquired_ms FROM lease_history WHERE stream_id = $1 "
+            "ORDER BY epoch",
+            stream_id,
+        )
+        return [LeaseRecord(stream_id, *row) for row in rows]
+
+    # Outbox and timers
+
+    async def read_outbox(self, limit: int) -> list[OutboxMessage]:
+        """See ``Store.read_outbox``."""
+        self._require_pool()
+        if limit <= 0:
+            return []
+        rows = await self._fetch(
+            "read_outbox",
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox ORDER BY position LIMIT $1",
+            limit,
+        )
+        return [OutboxMessage(*row) for row in rows]
+
+    async def delete_outbox(self, message_ids: Sequence[str]) -> None:
+        """See ``Store.delete_outbox``."""
+        self._require_pool()
+        if message_ids:
+            await self._fetch("delete_outbox", _DELETE_OUTBOX_SQL, list(message_ids), writes=True)
+
+    async def read_due_timers(self, now_ms: int, limit: int) -> list[Timer]:
+        """See ``Store.read_due_timers``."""
+        self._require_pool()
+        if limit <= 0:
+            return []
+        rows = await self._fetch(
+            "read_due_timers",
+            "SELECT stream_id, name, due_ms, payload FROM timers WHERE due_ms <= $1 "
+            "ORDER BY due_ms, stream_id, name LIMIT $2",
+            now_ms,
+            limit,
+        )
+        return [Timer(*row) for row in rows]
+
+    async def next_timer_due_ms(self) -> int | None:
+        """See ``Store.next_timer_due_ms``."""
+        rows = await self._fetch("next_timer_due_ms", "SELECT min(due_ms) FROM timers")
+        due_ms: int | None = rows[0][0]
+        return due_ms
+
+    async def delete_timer(self, stream_id: str, name: str, due_at_ms: int) -> bool:
+        """See ``Store.delete_timer``."""
+        rows = await self._fetch(
+            "delete_timer",
+            "DELETE FROM timers WHERE stream_id = $1 AND name = $2 AND due_ms = $3 "
+            "RETURNING due_ms",
+            stream_id,
+            name,
+            due_at_ms,
+            writes=True,
+        )
+        assert len(rows) <= 1, rows
+        return bool(rows)
+
+    # The instance index
+
+    async def read_instance(self, actor_type: str, actor_id: str) -> InstanceInfo | None:
+        """See ``Store.read_instance``."""
+        rows = await self._fetch(
+            "read_instance",
+            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE actor_type = $1 AND actor_id = $2",
+            actor_type,
+            actor_id,
+        )
+        return InstanceInfo(*rows[0]) if rows else None
+
+    async def list_instances(
+        self,
+        actor_type: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        after: tuple[str, str] | None = None,
+    ) -> list[InstanceInfo]:
+        """See ``Store.list_instances``."""
+        self._require_pool()
+        if limit <= 0:
+            return []
+        # Only the filters in use appear in the query, so each combination gets a plan that
+        # walks the matching index.
+        conditions: list[str] = []
+        arguments: list[object] = []
+        if actor_type is not None:
+            arguments.append(actor_type)
+            conditions.append(f"actor_type = ${len(arguments)}")
+        if status is not None:
+            arguments.append(status)
+            conditions.append(f"status = ${len(arguments)}")
+        if after is not None:
+            arguments.extend(after)
+            conditions.append(
+                f"(actor_type, actor_id) > (${len(arguments) - 1}, ${len(arguments)})"
+            )
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        arguments.append(limit)
+        query = (
+            f"SELECT {_INSTANCE_COLUMNS} FROM instances {where}"
+            f"ORDER BY actor_type, actor_id LIMIT ${len(arguments)}"
+        )
+        rows = await self._fetch("list_instances", query, *arguments)
+        return [InstanceInfo(*row) for row in rows]
+
+    async def list_streams(self) -> list[StreamHead]:
+        """See ``Store.list_streams``."""
+        rows = await self._fetch(
+            "list_streams", f"SELECT {_STREAM_HEAD_COLUMNS} FROM streams ORDER BY stream_id"
+        )
+        return [_stream_head(row) for row in rows]
+
+    # Plumbing
+
+    def _require_pool(self) -> asyncpg.Pool[asyncpg.Record]:
+        if self._pool is None:
+            raise UsageError("the PostgreSQL store is not open; call 'await store.open()' first")
+        return self._pool
+
+    async def _fetch(
+        self, operation: str, query: str, *arguments: object, writes: bool = False
+    ) -> list[asyncpg.Record]:
+        """Run one statement on a pooled connection; driver errors become ``StoreUnavailable``.
+
+        A write is ``ambiguous`` when the connection failed after the statement was sent: the
+        server may have committed it before the link broke.
+        """
+        pool = self._require_pool()
+        sent = False
+        try:
+            async with pool.acquire(timeout=self._command_timeout_s) as connection:
+                sent = True
+                return await connection.fetch(query, *arguments)
+        except _DRIVER_ERRORS as error:
+            if isinstance(error, asyncpg.InterfaceError) and isinstance(error, ValueError):
+                # asyncpg refused an argument before sending anything (a value out of range).
+                raise UsageError(f"{operation}: {error}") from error
+            ambiguous = writes and sent and not _failed_before_commit(error)
+            raise self._unavailable(operation, error, ambiguous=ambiguous) from error
+
+    def _unavailable(
+        self, operation: str, error: BaseException, *, ambiguous: bool
+    ) -> StoreUnavailable:
+        if ambiguous:
+            advice = (
+                "The connection failed while the write was in flight, so it may or may not "
+                "have committed: re-read the affected streams before retrying."
+            )
+        else:
+            advice = "Nothing was written; check that the server is up and retry."
+        return StoreUnavailable(
+            f"{operation} failed on {self._server} (schema {self._schema!r}): "
+            f"{type(error).__name__}: {self._redact(error)}. {advice}",
+            ambiguous=ambiguous,
+        )
+
+    def _redact(self, error: BaseException) -> str:
+        """The error's text, without the DSN's password should the driver have echoed it."""
+        text = str(error) or repr(error)
+        password = _dsn_password(self._dsn)
+        return text.replace(password, "***") if password else text
+
+
+# Migrations
+
+
+async def _apply_migrations(connection: PoolConnectionProxy[asyncpg.Record], schema: str) -> None:
+    """Bring ``schema`` to ``SCHEMA_VERSION``; runs inside the caller's transaction.
+
+    The advisory lock is held until that transaction ends, so nodes opening together take turns:
+    the first applies the migrations, the others then find nothing left to do.
+    """
+    assert connection.is_in_transaction()
+    await connection.execute(
+        "SELECT pg_advisory_xact_lock($1, $2)", _MIGRATION_LOCK_CLASS, _lock_key(schema)
+    )
+    # Creating only when missing (rather than CREATE SCHEMA IF NOT EXISTS) lets a user without
+    # the CREATE privilege on the database use a schema prepared for it.
+    exists = await connection.fetchval("SELECT true FROM pg_namespace WHERE nspname = $1", schema)
+    if not exists:
+        await connection.execute(f'CREATE SCHEMA "{schema}"')
+    await connection.execute(f'SET LOCAL search_path TO "{schema}"')
+    await connection.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        "version integer PRIMARY KEY, applied_at_ms bigint NOT NULL)"
+    )
+    applied = {row[0] for row in await connection.fetch("SELECT version FROM schema_migrations")}
+    newest = max(applied, default=0)
+    if newest > SCHEMA_VERSION:
+        raise StoreUnavailable(
+            f"schema {schema!r} is at version {newest}, written by a newer mainspring; this one "
+            f"knows versions up to {SCHEMA_VERSION}. Upgrade mainspring on this node (or use "
+            "another schema)."
+        )
+    for version, file_name in _MIGRATIONS:
+        if version in applied:
+            continue
+        await connection.execute(_migration_sql(file_name))
+        # The server's clock stamps the row: it records when, for operators, and decides nothing.
+        await connection.execute(
+            "INSERT INTO schema_migrations (version, applied_at_ms) "
+            "VALUES ($1, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
+            version,
+        )
+        logger.info("PostgresMigrationApplied", extra={"schema": schema, "version": version})
+
+
+def _migration_sql(file_name: str) -> str:
+    return (
+        resources.files("mainspring.persistence")
+        .joinpath("schema", "postgres", file_name)
+        .read_text(encoding="utf-8")
+    )
+
+
+def _lock_key(schema: str) -> int:
+    """The second key of the migration lock: one lock per schema, as a signed 32-bit integer."""
+    key = zlib.crc32(schema.encode())
+    return key - 2**32 if key >= 2**31 else key
+
+
+# Arguments of append_batch
+
+
+def _append_arguments(requests: Sequence[AppendRequest], order: Sequence[int]) -> list[list[Any]]:
+    """The parallel arrays of the append_batch function, in ``_APPEND_PARAMETERS`` order.
+
+    ``order`` lists the requests' indexes sorted by stream id; a request is named in the arrays
+    by its 1-based place in that order.
+    """
+    columns: dict[str, list[Any]] = {name: [] for name, _ in _APPEND_PARAMETERS}
+    for index, original in enumerate(order, start=1):
+        request = requests[original]
+        _add_request(columns, index, request)
+        _add_events(columns, index, request)
+        _add_dedupe(columns, index, request)
+        _add_timers(columns, index, request)
+        _add_snapshot(columns, index, request)
+    # Outbox rows go in the order the requests came, which is the order they are delivered in.
+    index_of = {original: index for index, original in enumerate(order, start=1)}
+    for original, request in enumerate(requests):
+        _add_outbox(columns, index_of[original], request)
+    assert len(columns["p_stream"]) == len(requests)
+    assert len(columns["e_seq"]) == sum(len(request.events) for request in requests)
+    return [columns[name] for name, _ in _APPEND_PARAMETERS]
+
+
+def _add_request(columns: dict[str, list[Any]], index: int, request: AppendRequest) -> None:
+    columns["p_stream"].append(request.stream_id)
+    columns["p_epoch"].append(request.epoch)
+    columns["p_expected"].append(request.expected_seq)
+    columns["p_new_head"].append(request.new_head_seq)
+    columns["p_recorded_ms"].append(request.recorded_at_ms)
+    columns["p_dedupe_window"].append(request.dedupe_window)
+    columns["p_status"].append(request.status)
+    assert len(columns["p_stream"]) == index
+
+
+def _add_events(columns: dict[str, list[Any]], index: int, request: AppendRequest) -> None:
+    events = request.events
+    count = len(events)
+    columns["e_request"].extend([index] * count)
+    columns["e_stream"].extend([request.stream_id] * count)
+    columns["e_seq"].extend(range(request.expected_seq + 1, request.new_head_seq + 1))
+    columns["e_type_name"].extend([event.type_name for event in events])
+    columns["e_type_version"].extend([event.type_version for event in events])
+    columns["e_payload"].extend([event.payload for event in events])
+    columns["e_message_id"].extend([event.message_id for event in events])
+    assert len(columns["e_seq"]) == len(columns["e_payload"])
+
+
+def _add_dedupe(columns: dict[str, list[Any]], index: int, request: AppendRequest) -> None:
+    # A message id recorded twice in one request keeps its first place and its last record,
+    # as a dict assigned in order does (the reference store's behaviour).
+    records = {record.message_id: record for record in request.dedupe}
+    for record in records.values():
+        columns["d_request"].append(index)
+        columns["d_stream"].append(request.stream_id)
+        columns["d_message_id"].append(record.message_id)
+        columns["d_seq"].append(record.seq)
+        columns["d_reply"].append(record.reply)
+
+
+def _add_timers(columns: dict[str, list[Any]], index: int, request: AppendRequest) -> None:
+    for name in request.timers_cancelled:
+        columns["c_request"].append(index)
+        columns["c_stream"].append(request.stream_id)
+        columns["c_name"].append(name)
+    # Setting one name twice in a request keeps the last (one upsert may not touch a row twice).
+    timers = {timer.name: timer for timer in request.timers_set}
+    for timer in timers.values():
+        assert timer.stream_id == request.stream_id, (timer, request.stream_id)
+        columns["t_request"].append(index)
+        columns["t_stream"].append(request.stream_id)
+        columns["t_name"].append(timer.name)
+        columns["t_due_ms"].append(timer.due_at_ms)
+        columns["t_payload"].append(timer.payload)
+
+
+def _add_snapshot(columns: dict[str, list[Any]], index: int, request: AppendRequest) -> None:
+    snapshot = request.snapshot
+    if snapshot is None:
+        return
+    assert snapshot.stream_id == request.stream_id, (snapshot, request.stream_id)
+    columns["s_request"].append(index)
+    columns["s_stream"].append(request.stream_id)
+    columns["s_seq"].append(snapshot.seq)
+    columns["s_type_name"].append(snapshot.type_name)
+    columns["s_type_version"].append(snapshot.type_version)
+    columns["s_payload"].append(snapshot.payload)
+    columns["s_recorded_ms"].append(snapshot.recorded_at_ms)
+
+
+def _add_outbox(columns: dict[str, list[Any]], index: int, request: AppendRequest) -> None:
+    for message in request.outbox:
+        columns["o_request"].append(index)
+        columns["o_message_id"].append(message.message_id)
+        columns["o_source"].append(message.source_stream_id)
+        columns["o_target_type"].append(message.target_type)
+        columns["o_target_id"].append(message.target_id)
+        columns["o_type_name"].append(message.type_name)
+        columns["o_type_version"].append(message.type_version)
+        columns["o_payload"].append(message.payload)
+        columns["o_created_ms"].append(message.created_at_ms)
+
+
+def _rejection(
+    request: AppendRequest, current_epoch: int | None, current_head: int | None
+) -> BaseException:
+    """Why the function turned ``request`` down, from the stream's epoch and head it saw."""
+    if current_epoch is None or current_epoch != request.epoch:
+        return Fenced(request.stream_id, request.epoch, current_epoch or 0)
+    assert current_head is not None
+    assert current_head != request.expected_seq, (request, current_epoch, current_head)
+    return ConcurrencyConflict(request.stream_id, request.expected_seq, current_head)
+
+
+# Small helpers
+
+
+def _check_schema_name(schema: str) -> None:
+    if not _SCHEMA_NAME.match(schema):
+        raise UsageError(
+            f"schema must be a plain identifier (letters, digits and '_', not starting with a "
+            f"digit), got {schema!r}"
+        )
+    if len(schema.encode()) > _IDENTIFIER_BYTES_MAX:
+        raise UsageError(
+            f"schema must be at most {_IDENTIFIER_BYTES_MAX} bytes long (PostgreSQL truncates "
+            f"longer names), got {len(schema.encode())}: {schema!r}"
+        )
+    if schema.lower().startswith("pg_"):
+        raise UsageError(f"schema names starting with 'pg_' are reserved by PostgreSQL: {schema!r}")
+
+
+def _check_distinct_streams(requests: Sequence[AppendRequest]) -> None:
+    seen: set[str] = set()
+    for request in requests:
+        if request.stream_id in seen:
+            raise UsageError(
+                f"a batch names stream {request.stream_id!r} twice; merge its requests into one"
+            )
+        seen.add(request.stream_id)
+
+
+def _unzip_leases(leases: Sequence[tuple[str, int]]) -> tuple[list[str], list[int]]:
+    stream_ids = [stream_id for stream_id, _ in leases]
+    epochs = [epoch for _, epoch in leases]
+    return stream_ids, epochs
+
+
+def _held_by_other(head: StreamHead, owner: str, now_ms: int) -> bool:
+    return head.owner is not None and head.owner != owner and head.lease_expires_at_ms > now_ms
+
+
+def _stream_head(row: asyncpg.Record) -> StreamHead:
+    return StreamHead(row[0], row[1], row[2], row[3], row[4])
+
+
+def _failed_before_commit(error: BaseException) -> bool:
+    """Whether the server reported that the statement failed, so it cannot have committed.
+
+    Connection-level errors (SQLSTATE class 08, shutdowns) and errors raised on this side of
+    the link (timeouts, broken sockets) say nothing about the commit.
+    """
+    if not isinstance(error, asyncpg.PostgresError):
+        return False
+    sqlstate = error.sqlstate or ""
+    connection_failed = sqlstate.startswith(_CONNECTION_SQLSTATE_CLASS)
+    return not connection_failed and sqlstate not in _SHUTDOWN_SQLSTATES
+
+
+def _describe_server(dsn: str) -> str:
+    """``host:port/database`` from the DSN, for messages; never the user's password."""
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+        port = parts.port
+    except ValueError:
+        return "the PostgreSQL server of the DSN"
+    if parts.scheme not in ("postgres", "postgresql"):
+        return "the PostgreSQL server of the DSN"
+    host = parts.hostname or "localhost"
+    database = parts.path.lstrip("/") or "(the user's default database)"
+    return f"PostgreSQL at {host}:{port or 5432}/{database}"
+
+
+def _dsn_password(dsn: str) -> str | None:
+    try:
+        return urllib.parse.urlsplit(dsn).password or None
+    except ValueError:
+        return None

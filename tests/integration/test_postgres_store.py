@@ -1,0 +1,370 @@
+"""PostgresStore against a real PostgreSQL: what the conformance suite cannot show.
+
+Migrations under concurrent starts, several nodes racing on the same streams, lock ordering,
+compare-and-set on rows that changed while the append waited, and the translation of driver
+failures into ``StoreUnavailable``. Each test uses its own schema and drops it afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from mainspring.errors import ConcurrencyConflict, Fenced, StoreUnavailable, UsageError
+from mainspring.persistence.memory import MemoryStore
+from mainspring.persistence.postgres import PostgresStore
+from mainspring.persistence.store import (
+    SCHEMA_VERSION,
+    AppendRequest,
+    DedupeRecord,
+    NewEvent,
+)
+from tests.conftest import POSTGRES_DSN, drop_postgres_schema, require_postgres
+
+TTL_MS = 10_000
+NOW_MS = 1_700_000_000_000
+WAIT_S = 30  # a guard against hangs, far above what any step here needs
+
+pytestmark = pytest.mark.postgres
+
+StoreMaker = Callable[..., PostgresStore]
+
+
+@pytest.fixture
+async def make_store(postgres_schema: str) -> AsyncIterator[StoreMaker]:
+    """Builds PostgresStores over this test's schema; closes them and drops the schema after."""
+    await require_postgres()
+    created: list[PostgresStore] = []
+
+    def make(**options: Any) -> PostgresStore:
+        store = PostgresStore(POSTGRES_DSN, schema=postgres_schema, **options)
+        created.append(store)
+        return store
+
+    yield make
+    for store in created:
+        await store.close()
+    await drop_postgres_schema(postgres_schema)
+
+
+@pytest.fixture
+async def admin(postgres_schema: str) -> AsyncIterator[asyncpg.Connection[asyncpg.Record]]:
+    """A plain connection with the test's schema on its search path, to look and meddle."""
+    await require_postgres()
+    connection = await asyncpg.connect(
+        POSTGRES_DSN, server_settings={"search_path": postgres_schema}
+    )
+    yield connection
+    await connection.close()
+
+
+def request(stream_id: str, epoch: int, expected_seq: int, count: int = 1, **extra: Any) -> Any:
+    return AppendRequest(
+        stream_id=stream_id,
+        epoch=epoch,
+        expected_seq=expected_seq,
+        events=[NewEvent("test.happened", 1, b"{}") for _ in range(count)],
+        recorded_at_ms=NOW_MS,
+        **extra,
+    )
+
+
+async def wait_for_lock_waiter(admin: asyncpg.Connection[asyncpg.Record]) -> int:
+    """The pid of the mainspring session that waits for a row lock (polls until there is one)."""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            pid = await admin.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'mainspring' "
+                "AND wait_event_type = 'Lock' AND datname = current_database()"
+            )
+            if pid is not None:
+                return int(pid)
+            await asyncio.sleep(0.01)
+
+
+async def outcome(call: Awaitable[object]) -> object:
+    """What the call returns, or the StoreUnavailable it raises."""
+    try:
+        return await call
+    except StoreUnavailable as error:
+        return error
+
+
+# Migrations
+
+
+async def test_concurrent_opens_apply_each_migration_once(
+    make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
+) -> None:
+    """Four nodes start together on a schema that does not exist yet: the advisory lock makes
+    them take turns, so the schema is created and migrated exactly once and all four work."""
+    stores = [make_store() for _ in range(4)]
+    await asyncio.gather(*(store.open() for store in stores))
+    versions = await admin.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    assert [row["version"] for row in versions] == list(range(1, SCHEMA_VERSION + 1))
+    for number, store in enumerate(stores):
+        lease = await store.acquire_lease(f"acct/{number}", f"node-{number}", NOW_MS, TTL_MS)
+        assert lease.epoch == 1
+
+
+async def test_reopening_applies_nothing(
+    make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
+) -> None:
+    first = make_store()
+    await first.open()
+    before = await admin.fetch("SELECT version, applied_at_ms FROM schema_migrations")
+    await first.open()  # open on an open store is a no-op
+    await first.close()
+    second = make_store()
+    await second.open()
+    after = await admin.fetch("SELECT version, applied_at_ms FROM schema_migrations")
+    assert [tuple(row) for row in after] == [tuple(row) for row in before]
+
+
+async def test_a_schema_from_a_newer_mainspring_fails_open_clearly(
+    make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
+) -> None:
+    await make_store().open()
+    newer = SCHEMA_VERSION + 1
+    await admin.execute(
+        "INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, 0)", newer
+    )
+    store = make_store()
+    with pytest.raises(StoreUnavailable, match=rf"version {newer}.*newer mainspring"):
+        await store.open()
+    # The failed open leaves the store closed, not half open.
+    with pytest.raises(UsageError, match="open"):
+        await store.read_head("acct/a")
+
+
+# Several nodes on the same streams
+
+
+async def test_appends_racing_from_two_stores_commit_once(make_store: StoreMaker) -> None:
+    node_1, node_2 = make_store(), make_store()
+    await node_1.open()
+    await node_2.open()
+    lease = await node_1.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    attempts = [
+        store.append_batch([request("acct/a", lease.epoch, 0, 3)])
+        for store in (node_1, node_2)
+        for _ in range(8)
+    ]
+    outcomes = [result for [result] in await asyncio.gather(*attempts)]
+    assert sum(outcome is None for outcome in outcomes) == 1
+    assert all(isinstance(o, ConcurrencyConflict) for o in outcomes if o is not None)
+    assert [event.seq for event in await node_2.read_events("acct/a")] == [1, 2, 3]
+
+
+async def test_batches_over_the_same_streams_in_opposite_orders_never_deadlock(
+    make_store: StoreMaker,
+) -> None:
+    """Two nodes append to the same 50 streams at once, listing them in opposite orders.
+
+    Locking in stream-id order makes one batch wait for the other; without it PostgreSQL would
+    detect a deadlock and fail one of them (a StoreUnavailable here).
+    """
+    node_1, node_2 = make_store(), make_store()
+    await node_1.open()
+    await node_2.open()
+    stream_ids = [f"acct/{number:02d}" for number in range(50)]
+    epochs = {}
+    for stream_id in stream_ids:
+        epochs[stream_id] = (await node_1.acquire_lease(stream_id, "node-1", NOW_MS, TTL_MS)).epoch
+    heads = dict.fromkeys(stream_ids, 0)
+    for _ in range(10):
+        forward = [request(s, epochs[s], heads[s], 2) for s in stream_ids]
+        backward = [request(s, epochs[s], heads[s], 3) for s in reversed(stream_ids)]
+        async with asyncio.timeout(WAIT_S):
+            results_1, results_2 = await asyncio.gather(
+                node_1.append_batch(forward), node_2.append_batch(backward)
+            )
+        by_stream_2 = dict(zip(reversed(stream_ids), results_2, strict=True))
+        for stream_id, result_1 in zip(stream_ids, results_1, strict=True):
+            result_2 = by_stream_2[stream_id]
+            # Exactly one of the two appends to each stream commits.
+            assert (result_1 is None) != (result_2 is None), (stream_id, result_1, result_2)
+            heads[stream_id] += 2 if result_1 is None else 3
+    for stream_id in stream_ids:
+        seqs = [event.seq for event in await node_1.read_events(stream_id)]
+        assert seqs == list(range(1, heads[stream_id] + 1))
+    assert [(h.stream_id, h.head_seq) for h in await node_2.list_streams()] == list(heads.items())
+
+
+async def test_an_append_waiting_behind_a_lease_renewal_commits_on_the_renewed_row(
+    make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
+) -> None:
+    """The stream row changes (same epoch) while the append waits for its lock: the append
+    must decide and write on the new row version."""
+    store = make_store()
+    await store.open()
+    lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    renewal = admin.transaction()
+    await renewal.start()
+    await admin.execute(
+        "UPDATE streams SET lease_expires_ms = lease_expires_ms + 1 WHERE stream_id = 'acct/a'"
+    )
+    append = asyncio.create_task(store.append_batch([request("acct/a", lease.epoch, 0, 2)]))
+    await wait_for_lock_waiter(admin)
+    await renewal.commit()
+    assert await append == [None]
+    head = await store.read_head("acct/a")
+    assert head is not None
+    assert (head.head_seq, head.lease_expires_at_ms) == (2, NOW_MS + TTL_MS + 1)
+
+
+async def test_an_append_waiting_behind_a_takeover_is_fenced(
+    make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
+) -> None:
+    store = make_store()
+    await store.open()
+    lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    takeover = admin.transaction()
+    await takeover.start()
+    await admin.execute("UPDATE streams SET epoch = epoch + 1 WHERE stream_id = 'acct/a'")
+    append = asyncio.create_task(store.append_batch([request("acct/a", lease.epoch, 0)]))
+    await wait_for_lock_waiter(admin)
+    await takeover.commit()
+    [result] = await append
+    assert isinstance(result, Fenced)
+    assert (result.epoch, result.current_epoch) == (lease.epoch, lease.epoch + 1)
+    assert await store.read_events("acct/a") == []
+
+
+async def test_dedupe_count_tracks_the_rows_through_windows_and_rewrites(
+    make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
+) -> None:
+    """The stream row counts its dedupe records so pruning never counts the window; the count
+    must equal the rows whatever the window does and when a message id is recorded again, and
+    the records kept must be those the reference store keeps."""
+    store, reference = make_store(), MemoryStore()
+    await store.open()
+    await reference.open()
+    lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    await reference.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    plan = [
+        (0, ["m1", "m2"]),
+        (0, ["m3"]),
+        (2, ["m4", "m2"]),
+        (5, ["m5", "m6", "m7"]),
+        (1, []),
+        (3, ["m5", "m8"]),
+        (0, ["m8", "m9", "m8"]),
+    ]
+    for head, (window, message_ids) in enumerate(plan):
+        records = [
+            DedupeRecord(message_id, head + 1, b"%d" % number)
+            for number, message_id in enumerate(message_ids)
+        ]
+        append = request("acct/a", lease.epoch, head, 1, dedupe=records, dedupe_window=window)
+        assert await store.append_batch([append]) == [None]
+        await reference.append_batch([append])
+        counted = await admin.fetchval("SELECT dedupe_count FROM streams")
+        assert counted == await admin.fetchval("SELECT count(*) FROM dedupe")
+        assert await store.read_dedupe("acct/a", 10) == await reference.read_dedupe("acct/a", 10)
+
+
+# Failures and their translation
+
+
+async def test_open_against_an_unreachable_server_fails_promptly_and_clearly() -> None:
+    store = PostgresStore("postgresql://someone:s3cret@127.0.0.1:1/nowhere", connect_timeout_s=5.0)
+    async with asyncio.timeout(WAIT_S):
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.open()
+    message = str(caught.value)
+    assert "cannot connect to PostgreSQL at 127.0.0.1:1/nowhere" in message
+    assert "s3cret" not in message
+    assert caught.value.ambiguous is False
+    with pytest.raises(UsageError, match="open"):
+        await store.read_head("acct/a")
+
+
+@pytest.mark.parametrize(
+    "schema", ["", "1st", "with-dash", 'quote"d', "semi;colon", "pg_mine", "x" * 64, "ü"]
+)
+def test_a_schema_name_that_is_not_a_plain_identifier_is_refused(schema: str) -> None:
+    with pytest.raises(UsageError, match="schema"):
+        PostgresStore(POSTGRES_DSN, schema=schema)
+
+
+def test_invalid_pool_sizes_and_timeouts_are_refused() -> None:
+    with pytest.raises(UsageError, match="pool_min_size"):
+        PostgresStore(POSTGRES_DSN, pool_min_size=5, pool_max_size=2)
+    with pytest.raises(UsageError, match="command_timeout_s"):
+        PostgresStore(POSTGRES_DSN, command_timeout_s=0)
+
+
+async def test_the_store_reconnects_after_its_sessions_are_terminated(
+    make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
+) -> None:
+    store = make_store(pool_min_size=1, pool_max_size=1)
+    await store.open()
+    await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    await admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'mainspring' AND datname = current_database()"
+    )
+    # The pool may notice the dead connection before using it, or on the first use; either
+    # way a read fails at most once, cleanly, and the next one works.
+    first = await outcome(store.read_head("acct/a"))
+    if isinstance(first, StoreUnavailable):
+        assert first.ambiguous is False
+        assert "read_head failed on PostgreSQL at" in str(first)
+    head = await store.read_head("acct/a")
+    assert head is not None
+    assert head.owner == "node-1"
+
+
+async def test_a_statement_the_server_rejects_is_unavailable_but_not_ambiguous(
+    make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
+) -> None:
+    """The server reported the failure, so nothing committed: ``ambiguous`` stays false."""
+    store = make_store()
+    await store.open()
+    await admin.execute("DROP TABLE lease_history")
+    with pytest.raises(StoreUnavailable, match=r"acquire_lease failed.*lease_history") as caught:
+        await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    assert caught.value.ambiguous is False
+    assert await store.read_head("acct/a") is None
+
+
+async def test_a_write_cut_off_in_flight_is_ambiguous(
+    make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
+) -> None:
+    """The append's session is terminated while the append runs: it may or may not have
+    committed as far as the caller can tell, so the error says ``ambiguous``."""
+    store = make_store()
+    await store.open()
+    lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    blocker = admin.transaction()
+    await blocker.start()
+    await admin.execute("SELECT * FROM streams WHERE stream_id = 'acct/a' FOR UPDATE")
+    append = asyncio.create_task(store.append_batch([request("acct/a", lease.epoch, 0)]))
+    await admin.execute("SELECT pg_terminate_backend($1)", await wait_for_lock_waiter(admin))
+    with pytest.raises(StoreUnavailable, match="may or may not have committed") as caught:
+        await append
+    assert caught.value.ambiguous is True
+    await blocker.rollback()
+    assert await store.read_events("acct/a") == []
+
+
+async def test_a_statement_over_the_command_timeout_is_ambiguous(
+    make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
+) -> None:
+    store = make_store(command_timeout_s=0.2)
+    await store.open()
+    lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    blocker = admin.transaction()
+    await blocker.start()
+    await admin.execute("SELECT * FROM streams WHERE stream_id = 'acct/a' FOR UPDATE")
+    with pytest.raises(StoreUnavailable) as caught:
+        await store.append_batch([request("acct/a", lease.epoch, 0)])
+    assert caught.value.ambiguous is True
+    await blocker.rollback()
+    await store.append_batch([request("acct/a", lease.epoch, 0)])
+    assert len(await store.read_events("acct/a")) == 1
