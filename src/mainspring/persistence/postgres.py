@@ -735,102 +735,135 @@ def _append_arguments(requests: Sequence[AppendRequest], order: Sequence[int]) -
     """The parallel arrays of the append_batch function, in ``_APPEND_PARAMETERS`` order.
 
     ``order`` lists the requests' indexes sorted by stream id; a request is named in the arrays
-    by its 1-based place in that order.
+    by its 1-based place in that order. Each array is one list comprehension: this runs for
+    every batch, and per-row appends would cost more than the database's work on small rows.
     """
-    columns: dict[str, list[Any]] = {name: [] for name, _ in _APPEND_PARAMETERS}
-    for index, original in enumerate(order, start=1):
-        request = requests[original]
-        _add_request(columns, index, request)
-        _add_events(columns, index, request)
-        _add_dedupe(columns, index, request)
-        _add_timers(columns, index, request)
-        _add_snapshot(columns, index, request)
+    ordered = [requests[original] for original in order]
+    numbered = list(enumerate(ordered, start=1))
     # Outbox rows go in the order the requests came, which is the order they are delivered in.
     index_of = {original: index for index, original in enumerate(order, start=1)}
-    for original, request in enumerate(requests):
-        _add_outbox(columns, index_of[original], request)
+    columns = {
+        **_request_columns(ordered),
+        **_event_columns(numbered),
+        **_dedupe_columns(numbered),
+        **_timer_columns(numbered),
+        **_snapshot_columns(numbered),
+        **_outbox_columns([(index_of[n], request) for n, request in enumerate(requests)]),
+    }
+    assert len(columns) == len(_APPEND_PARAMETERS), sorted(columns)
     assert len(columns["p_stream"]) == len(requests)
     assert len(columns["e_seq"]) == sum(len(request.events) for request in requests)
     return [columns[name] for name, _ in _APPEND_PARAMETERS]
 
 
-def _add_request(columns: dict[str, list[Any]], index: int, request: AppendRequest) -> None:
-    columns["p_stream"].append(request.stream_id)
-    columns["p_epoch"].append(request.epoch)
-    columns["p_expected"].append(request.expected_seq)
-    columns["p_new_head"].append(request.new_head_seq)
-    columns["p_recorded_ms"].append(request.recorded_at_ms)
-    columns["p_dedupe_window"].append(request.dedupe_window)
-    columns["p_status"].append(request.status)
-    assert len(columns["p_stream"]) == index
+def _request_columns(ordered: list[AppendRequest]) -> dict[str, list[Any]]:
+    return {
+        "p_stream": [request.stream_id for request in ordered],
+        "p_epoch": [request.epoch for request in ordered],
+        "p_expected": [request.expected_seq for request in ordered],
+        "p_new_head": [request.new_head_seq for request in ordered],
+        "p_recorded_ms": [request.recorded_at_ms for request in ordered],
+        "p_dedupe_window": [request.dedupe_window for request in ordered],
+        "p_status": [request.status for request in ordered],
+    }
 
 
-def _add_events(columns: dict[str, list[Any]], index: int, request: AppendRequest) -> None:
-    events = request.events
-    count = len(events)
-    columns["e_request"].extend([index] * count)
-    columns["e_stream"].extend([request.stream_id] * count)
-    columns["e_seq"].extend(range(request.expected_seq + 1, request.new_head_seq + 1))
-    columns["e_type_name"].extend([event.type_name for event in events])
-    columns["e_type_version"].extend([event.type_version for event in events])
-    columns["e_payload"].extend([event.payload for event in events])
-    columns["e_message_id"].extend([event.message_id for event in events])
-    assert len(columns["e_seq"]) == len(columns["e_payload"])
+def _event_columns(numbered: list[tuple[int, AppendRequest]]) -> dict[str, list[Any]]:
+    rows = [
+        (index, request.stream_id, seq, event)
+        for index, request in numbered
+        for seq, event in enumerate(request.events, start=request.expected_seq + 1)
+    ]
+    return {
+        "e_request": [row[0] for row in rows],
+        "e_stream": [row[1] for row in rows],
+        "e_seq": [row[2] for row in rows],
+        "e_type_name": [row[3].type_name for row in rows],
+        "e_type_version": [row[3].type_version for row in rows],
+        "e_payload": [row[3].payload for row in rows],
+        "e_message_id": [row[3].message_id for row in rows],
+    }
 
 
-def _add_dedupe(columns: dict[str, list[Any]], index: int, request: AppendRequest) -> None:
-    # A message id recorded twice in one request keeps its first place and its last record,
-    # as a dict assigned in order does (the reference store's behaviour).
-    records = {record.message_id: record for record in request.dedupe}
-    for record in records.values():
-        columns["d_request"].append(index)
-        columns["d_stream"].append(request.stream_id)
-        columns["d_message_id"].append(record.message_id)
-        columns["d_seq"].append(record.seq)
-        columns["d_reply"].append(record.reply)
+def _dedupe_columns(numbered: list[tuple[int, AppendRequest]]) -> dict[str, list[Any]]:
+    rows = [
+        (index, request.stream_id, record)
+        for index, request in numbered
+        for record in _distinct_records(request.dedupe)
+    ]
+    return {
+        "d_request": [row[0] for row in rows],
+        "d_stream": [row[1] for row in rows],
+        "d_message_id": [row[2].message_id for row in rows],
+        "d_seq": [row[2].seq for row in rows],
+        "d_reply": [row[2].reply for row in rows],
+    }
 
 
-def _add_timers(columns: dict[str, list[Any]], index: int, request: AppendRequest) -> None:
-    for name in request.timers_cancelled:
-        columns["c_request"].append(index)
-        columns["c_stream"].append(request.stream_id)
-        columns["c_name"].append(name)
-    # Setting one name twice in a request keeps the last (one upsert may not touch a row twice).
-    timers = {timer.name: timer for timer in request.timers_set}
-    for timer in timers.values():
-        assert timer.stream_id == request.stream_id, (timer, request.stream_id)
-        columns["t_request"].append(index)
-        columns["t_stream"].append(request.stream_id)
-        columns["t_name"].append(timer.name)
-        columns["t_due_ms"].append(timer.due_at_ms)
-        columns["t_payload"].append(timer.payload)
+def _distinct_records(records: Sequence[DedupeRecord]) -> Sequence[DedupeRecord]:
+    """One record per message id: its first place and its last record, as a dict assigned in
+    order keeps them (the reference store's behaviour)."""
+    if len(records) <= 1:
+        return records
+    return list({record.message_id: record for record in records}.values())
 
 
-def _add_snapshot(columns: dict[str, list[Any]], index: int, request: AppendRequest) -> None:
-    snapshot = request.snapshot
-    if snapshot is None:
-        return
-    assert snapshot.stream_id == request.stream_id, (snapshot, request.stream_id)
-    columns["s_request"].append(index)
-    columns["s_stream"].append(request.stream_id)
-    columns["s_seq"].append(snapshot.seq)
-    columns["s_type_name"].append(snapshot.type_name)
-    columns["s_type_version"].append(snapshot.type_version)
-    columns["s_payload"].append(snapshot.payload)
-    columns["s_recorded_ms"].append(snapshot.recorded_at_ms)
+def _timer_columns(numbered: list[tuple[int, AppendRequest]]) -> dict[str, list[Any]]:
+    cancelled = [
+        (index, request.stream_id, name)
+        for index, request in numbered
+        for name in request.timers_cancelled
+    ]
+    timers = [(index, timer) for index, request in numbered for timer in _distinct_timers(request)]
+    assert all(timer.stream_id == numbered[index - 1][1].stream_id for index, timer in timers)
+    return {
+        "t_request": [index for index, _ in timers],
+        "t_stream": [timer.stream_id for _, timer in timers],
+        "t_name": [timer.name for _, timer in timers],
+        "t_due_ms": [timer.due_at_ms for _, timer in timers],
+        "t_payload": [timer.payload for _, timer in timers],
+        "c_request": [row[0] for row in cancelled],
+        "c_stream": [row[1] for row in cancelled],
+        "c_name": [row[2] for row in cancelled],
+    }
 
 
-def _add_outbox(columns: dict[str, list[Any]], index: int, request: AppendRequest) -> None:
-    for message in request.outbox:
-        columns["o_request"].append(index)
-        columns["o_message_id"].append(message.message_id)
-        columns["o_source"].append(message.source_stream_id)
-        columns["o_target_type"].append(message.target_type)
-        columns["o_target_id"].append(message.target_id)
-        columns["o_type_name"].append(message.type_name)
-        columns["o_type_version"].append(message.type_version)
-        columns["o_payload"].append(message.payload)
-        columns["o_created_ms"].append(message.created_at_ms)
+def _distinct_timers(request: AppendRequest) -> Sequence[Timer]:
+    """One timer per name, the last set (one upsert may not touch a row twice)."""
+    if len(request.timers_set) <= 1:
+        return request.timers_set
+    return list({timer.name: timer for timer in request.timers_set}.values())
+
+
+def _snapshot_columns(numbered: list[tuple[int, AppendRequest]]) -> dict[str, list[Any]]:
+    snapshots = [
+        (index, request.snapshot) for index, request in numbered if request.snapshot is not None
+    ]
+    assert all(snapshot.stream_id == numbered[i - 1][1].stream_id for i, snapshot in snapshots)
+    return {
+        "s_request": [index for index, _ in snapshots],
+        "s_stream": [snapshot.stream_id for _, snapshot in snapshots],
+        "s_seq": [snapshot.seq for _, snapshot in snapshots],
+        "s_type_name": [snapshot.type_name for _, snapshot in snapshots],
+        "s_type_version": [snapshot.type_version for _, snapshot in snapshots],
+        "s_payload": [snapshot.payload for _, snapshot in snapshots],
+        "s_recorded_ms": [snapshot.recorded_at_ms for _, snapshot in snapshots],
+    }
+
+
+def _outbox_columns(numbered: list[tuple[int, AppendRequest]]) -> dict[str, list[Any]]:
+    messages = [(index, message) for index, request in numbered for message in request.outbox]
+    return {
+        "o_request": [index for index, _ in messages],
+        "o_message_id": [message.message_id for _, message in messages],
+        "o_source": [message.source_stream_id for _, message in messages],
+        "o_target_type": [message.target_type for _, message in messages],
+        "o_target_id": [message.target_id for _, message in messages],
+        "o_type_name": [message.type_name for _, message in messages],
+        "o_type_version": [message.type_version for _, message in messages],
+        "o_payload": [message.payload for _, message in messages],
+        "o_created_ms": [message.created_at_ms for _, message in messages],
+    }
 
 
 def _rejection(
