@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,17 @@ async def _postgres_problem() -> str | None:
         await connection.close()
         problem = None
     except Exception as error:  # any failure to connect means "unreachable" here
-        problem = f"PostgreSQL at {POSTGRES_DSN} is unreachable: {error!r}"
+        problem = f"PostgreSQL at {_without_password(POSTGRES_DSN)} is unreachable: {error!r}"
     _postgres_checked.append(problem)
     return problem
+
+
+def _without_password(dsn: str) -> str:
+    """The DSN as it may appear in test output: a CI secret in it is masked."""
+    parts = urllib.parse.urlsplit(dsn)
+    if not parts.password:
+        return dsn
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
 
 
 async def require_postgres() -> None:

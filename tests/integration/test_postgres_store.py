@@ -2,7 +2,8 @@
 
 Migrations under concurrent starts, several nodes racing on the same streams, lock ordering,
 compare-and-set on rows that changed while the append waited, and the translation of driver
-failures into ``StoreUnavailable``. Each test uses its own schema and drops it afterwards.
+failures into ``StoreUnavailable``. Each test uses its own schema and drops it afterwards; the
+tests marked ``postgres`` need the server, the others check what fails before any connection.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from tests.conftest import POSTGRES_DSN, drop_postgres_schema, require_postgres
 TTL_MS = 10_000
 NOW_MS = 1_700_000_000_000
 WAIT_S = 30  # a guard against hangs, far above what any step here needs
-
-pytestmark = pytest.mark.postgres
 
 StoreMaker = Callable[..., PostgresStore]
 
@@ -97,6 +96,7 @@ async def outcome(call: Awaitable[object]) -> object:
 # Migrations
 
 
+@pytest.mark.postgres
 async def test_concurrent_opens_apply_each_migration_once(
     make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
 ) -> None:
@@ -111,6 +111,7 @@ async def test_concurrent_opens_apply_each_migration_once(
         assert lease.epoch == 1
 
 
+@pytest.mark.postgres
 async def test_reopening_applies_nothing(
     make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
 ) -> None:
@@ -125,6 +126,7 @@ async def test_reopening_applies_nothing(
     assert [tuple(row) for row in after] == [tuple(row) for row in before]
 
 
+@pytest.mark.postgres
 async def test_a_schema_from_a_newer_mainspring_fails_open_clearly(
     make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
 ) -> None:
@@ -144,6 +146,7 @@ async def test_a_schema_from_a_newer_mainspring_fails_open_clearly(
 # Several nodes on the same streams
 
 
+@pytest.mark.postgres
 async def test_appends_racing_from_two_stores_commit_once(make_store: StoreMaker) -> None:
     node_1, node_2 = make_store(), make_store()
     await node_1.open()
@@ -160,6 +163,7 @@ async def test_appends_racing_from_two_stores_commit_once(make_store: StoreMaker
     assert [event.seq for event in await node_2.read_events("acct/a")] == [1, 2, 3]
 
 
+@pytest.mark.postgres
 async def test_batches_over_the_same_streams_in_opposite_orders_never_deadlock(
     make_store: StoreMaker,
 ) -> None:
@@ -195,6 +199,7 @@ async def test_batches_over_the_same_streams_in_opposite_orders_never_deadlock(
     assert [(h.stream_id, h.head_seq) for h in await node_2.list_streams()] == list(heads.items())
 
 
+@pytest.mark.postgres
 async def test_an_append_waiting_behind_a_lease_renewal_commits_on_the_renewed_row(
     make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
 ) -> None:
@@ -217,6 +222,7 @@ async def test_an_append_waiting_behind_a_lease_renewal_commits_on_the_renewed_r
     assert (head.head_seq, head.lease_expires_at_ms) == (2, NOW_MS + TTL_MS + 1)
 
 
+@pytest.mark.postgres
 async def test_an_append_waiting_behind_a_takeover_is_fenced(
     make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
 ) -> None:
@@ -235,6 +241,7 @@ async def test_an_append_waiting_behind_a_takeover_is_fenced(
     assert await store.read_events("acct/a") == []
 
 
+@pytest.mark.postgres
 async def test_dedupe_count_tracks_the_rows_through_windows_and_rewrites(
     make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
 ) -> None:
@@ -299,6 +306,7 @@ def test_invalid_pool_sizes_and_timeouts_are_refused() -> None:
         PostgresStore(POSTGRES_DSN, command_timeout_s=0)
 
 
+@pytest.mark.postgres
 async def test_the_store_reconnects_after_its_sessions_are_terminated(
     make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
 ) -> None:
@@ -320,6 +328,7 @@ async def test_the_store_reconnects_after_its_sessions_are_terminated(
     assert head.owner == "node-1"
 
 
+@pytest.mark.postgres
 async def test_a_statement_the_server_rejects_is_unavailable_but_not_ambiguous(
     make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
 ) -> None:
@@ -333,6 +342,7 @@ async def test_a_statement_the_server_rejects_is_unavailable_but_not_ambiguous(
     assert await store.read_head("acct/a") is None
 
 
+@pytest.mark.postgres
 async def test_a_write_cut_off_in_flight_is_ambiguous(
     make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
 ) -> None:
@@ -353,6 +363,7 @@ async def test_a_write_cut_off_in_flight_is_ambiguous(
     assert await store.read_events("acct/a") == []
 
 
+@pytest.mark.postgres
 async def test_a_statement_over_the_command_timeout_is_ambiguous(
     make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
 ) -> None:
@@ -368,3 +379,12 @@ async def test_a_statement_over_the_command_timeout_is_ambiguous(
     await blocker.rollback()
     await store.append_batch([request("acct/a", lease.epoch, 0)])
     assert len(await store.read_events("acct/a")) == 1
+
+
+@pytest.mark.parametrize(
+    "dsn", ["not a dsn", "mysql://someone@127.0.0.1/db", "postgresql://u@127.0.0.1:port/db"]
+)
+async def test_a_malformed_dsn_is_a_usage_error(dsn: str) -> None:
+    store = PostgresStore(dsn)
+    with pytest.raises(UsageError, match="DSN is invalid"):
+        await store.open()

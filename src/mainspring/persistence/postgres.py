@@ -333,7 +333,7 @@ class PostgresStore:
                 },
                 reset=_keep_session,
             )
-        except asyncpg.ClientConfigurationError as error:
+        except ValueError as error:  # asyncpg.ClientConfigurationError, or a bad port number
             raise UsageError(
                 f"the PostgreSQL DSN is invalid: {self._redact(error)}. Pass a URI such as "
                 "'postgresql://user@host:5432/database'."
