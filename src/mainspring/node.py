@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar, final
 
@@ -164,11 +164,8 @@ class Node:
     ) -> None:
         await self.stop()
 
-    def _spawn(self, work: Awaitable[None], name: str) -> None:
-        async def guarded() -> None:
-            await work
-
-        self._tasks.append(asyncio.create_task(guarded(), name=f"mainspring-{name}"))
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.create_task(work, name=f"mainspring-{name}"))
 
     async def _renew_leases(self) -> None:
         config = self.config
