@@ -326,9 +326,13 @@ class PostgresStore:
                 max_size=self._pool_max_size,
                 command_timeout=self._command_timeout_s,
                 timeout=self._connect_timeout_s,
-                # application_name lets operators find mainspring's sessions in pg_stat_activity.
                 server_settings={
                     "search_path": f'"{self._schema}"',
+                    # The locking in append_batch relies on READ COMMITTED (a statement that
+                    # waited for a row lock sees the row's newest version), whatever the
+                    # database's default.
+                    "default_transaction_isolation": "read committed",
+                    # Lets operators find mainspring's sessions in pg_stat_activity.
                     "application_name": "mainspring",
                 },
                 reset=_keep_session,

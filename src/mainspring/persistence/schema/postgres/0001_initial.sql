@@ -101,7 +101,6 @@ CREATE TABLE lease_history (
     PRIMARY KEY (stream_id, epoch)
 );
 
-
 -- append_batch: commit many actors' requests in one statement, so one round trip and one commit.
 --
 -- Requests arrive as parallel arrays sorted by stream id (p_*, indexed 1..n). The rows that ride
