@@ -1,0 +1,97 @@
+"""Journal: group commit batches concurrent appends and keeps each request's outcome its own."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mainspring.errors import ConcurrencyConflict, Fenced, NodeClosed, StoreUnavailable
+from mainspring.persistence.journal import Journal
+from mainspring.persistence.memory import MemoryStore
+from mainspring.persistence.store import AppendRequest, NewEvent
+from mainspring.seams import SystemClock
+
+
+def one_event(stream_id: str, epoch: int, expected: int) -> AppendRequest:
+    return AppendRequest(stream_id, epoch, expected, [NewEvent("t", 1, b"{}")], 0)
+
+
+async def leased(store: MemoryStore, count: int) -> list[int]:
+    return [(await store.acquire_lease(f"s/{n}", "n", 0, 10**12)).epoch for n in range(count)]
+
+
+async def test_concurrent_appends_share_transactions() -> None:
+    store = MemoryStore()
+    await store.open()
+    epochs = await leased(store, 50)
+    journal = Journal(store, SystemClock(), batch_requests_max=20)
+    await journal.start()
+    await asyncio.gather(*(journal.append(one_event(f"s/{n}", epochs[n], 0)) for n in range(50)))
+    await journal.close()
+    assert journal.statistics.requests == 50
+    assert journal.statistics.commits == 3  # 20 + 20 + 10: batched, and bounded
+    assert journal.statistics.batch_requests_max_seen == 20
+
+
+async def test_one_rejected_request_does_not_fail_its_batch_neighbours() -> None:
+    store = MemoryStore()
+    await store.open()
+    epochs = await leased(store, 3)
+    await store.acquire_lease("s/2", "other", 0, 10**12, steal=True)
+    journal = Journal(store, SystemClock())
+    await journal.start()
+    results = await asyncio.gather(
+        journal.append(one_event("s/0", epochs[0], 0)),
+        journal.append(one_event("s/1", epochs[1], 5)),
+        journal.append(one_event("s/2", epochs[2], 0)),
+        return_exceptions=True,
+    )
+    await journal.close()
+    assert results[0] is None
+    assert isinstance(results[1], ConcurrencyConflict)
+    assert isinstance(results[2], Fenced)
+    assert journal.statistics.commits == 1
+
+
+async def test_two_appends_of_one_stream_never_share_a_transaction() -> None:
+    store = MemoryStore()
+    await store.open()
+    [epoch] = await leased(store, 1)
+    journal = Journal(store, SystemClock())
+    await journal.start()
+    await asyncio.gather(
+        journal.append(one_event("s/0", epoch, 0)), journal.append(one_event("s/0", epoch, 1))
+    )
+    await journal.close()
+    assert journal.statistics.commits == 2
+    assert [e.seq for e in await store.read_events("s/0")] == [1, 2]
+
+
+class BrokenStore(MemoryStore):  # type: ignore[misc]
+    async def append_batch(self, requests: object) -> list[BaseException | None]:
+        raise StoreUnavailable("disk on fire", ambiguous=True)
+
+
+async def test_a_failed_batch_fails_every_caller_with_the_store_error() -> None:
+    store = BrokenStore()
+    await store.open()
+    epochs = await leased(store, 2)
+    journal = Journal(store, SystemClock())
+    await journal.start()
+    results = await asyncio.gather(
+        *(journal.append(one_event(f"s/{n}", epochs[n], 0)) for n in range(2)),
+        return_exceptions=True,
+    )
+    await journal.close()
+    assert all(isinstance(r, StoreUnavailable) and r.ambiguous for r in results)
+
+
+async def test_a_closed_journal_refuses_appends() -> None:
+    store = MemoryStore()
+    await store.open()
+    journal = Journal(store, SystemClock())
+    await journal.start()
+    await journal.close()
+    with pytest.raises(NodeClosed):
+        await journal.append(one_event("s/0", 1, 0))
