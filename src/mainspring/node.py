@@ -37,10 +37,15 @@ _MESSAGE_ID_LENGTH_MAX: Final = 256
 
 
 def _check_actor_id(actor_id: object) -> str:
-    if not isinstance(actor_id, str) or not actor_id or len(actor_id) > _ACTOR_ID_LENGTH_MAX:
+    if (
+        not isinstance(actor_id, str)
+        or not actor_id
+        or len(actor_id) > _ACTOR_ID_LENGTH_MAX
+        or "\x00" in actor_id
+    ):
         raise UsageError(
-            f"actor_id must be a non-empty str of at most {_ACTOR_ID_LENGTH_MAX} characters, "
-            f"got {actor_id!r:.80}"
+            f"actor_id must be a non-empty str of at most {_ACTOR_ID_LENGTH_MAX} characters "
+            f"without NUL, got {actor_id!r:.80}"
         )
     return actor_id
 
@@ -52,10 +57,11 @@ def _check_message_id(message_id: object) -> str | None:
         not isinstance(message_id, str)
         or not message_id
         or len(message_id) > _MESSAGE_ID_LENGTH_MAX
+        or "\x00" in message_id
     ):
         raise UsageError(
             f"message_id must be None or a non-empty str of at most {_MESSAGE_ID_LENGTH_MAX} "
-            f"characters, got {message_id!r:.80}"
+            f"characters without NUL, got {message_id!r:.80}"
         )
     return message_id
 

@@ -411,3 +411,40 @@ def _withdrawn_event() -> object:
     from tests.support.accounts import Withdrawn
 
     return Withdrawn(1)
+
+
+async def test_a_message_that_only_sends_is_deduplicated(store_factory: Any) -> None:
+    """A handler that emits no event but sends through the outbox still records its id."""
+
+    class Forwarder(mainspring.Actor[int]):
+        type_name = "test-forwarder"
+        initial_state = 0
+
+        @handler(GetBalance)
+        def read(self, ctx: ActorContext[int], message: GetBalance) -> int:
+            return ctx.state
+
+        @handler(Transfer)
+        def forward(self, ctx: ActorContext[int], message: Transfer) -> str:
+            ctx.tell(Account, message.to_account, Deposit(message.amount_cents))
+            return "sent"
+
+    store = store_factory()
+    async with Node("node-1", store=store, actors=[Account, Forwarder], config=FAST) as node:
+        # Same batch: a read-only message, then a send-only message with an id.
+        replies = await asyncio.gather(
+            node.ask(Forwarder, "f", GetBalance()),
+            node.ask(Forwarder, "f", Transfer("b", 9), message_id="fwd-1"),
+        )
+        assert replies == [0, "sent"]
+        assert await node.ask(Forwarder, "f", Transfer("b", 9), message_id="fwd-1") == "sent"
+
+        async def delivered_once() -> bool:
+            return bool(await node.ask(Account, "b", GetBalance()) == 9)
+
+        await eventually(delivered_once, what="the forwarded deposit")
+        await eventually(lambda: _outbox_empty(node.store), what="the outbox to drain")
+        assert await node.ask(Account, "b", GetBalance()) == 9
+        assert [r.message_id for r in await node.store.read_dedupe("test-forwarder/f", 5)] == [
+            "fwd-1"
+        ]

@@ -195,7 +195,7 @@ class MemoryStore:
         """See ``Store.read_events``."""
         self._check_open()
         stream = self._streams.get(stream_id)
-        if stream is None:
+        if stream is None or limit <= 0:
             return []
         return stream.events[max(after_seq, 0) : max(after_seq, 0) + limit]
 
@@ -223,7 +223,7 @@ class MemoryStore:
     async def read_outbox(self, limit: int) -> list[OutboxMessage]:
         """See ``Store.read_outbox``."""
         self._check_open()
-        return list(self._outbox.values())[:limit]
+        return list(self._outbox.values())[: max(limit, 0)]
 
     async def delete_outbox(self, message_ids: Sequence[str]) -> None:
         """See ``Store.delete_outbox``."""
@@ -236,7 +236,7 @@ class MemoryStore:
         self._check_open()
         due = [timer for timer in self._timers.values() if timer.due_at_ms <= now_ms]
         due.sort(key=lambda timer: (timer.due_at_ms, timer.stream_id, timer.name))
-        return due[:limit]
+        return due[: max(limit, 0)]
 
     async def next_timer_due_ms(self) -> int | None:
         """See ``Store.next_timer_due_ms``."""
@@ -269,6 +269,8 @@ class MemoryStore:
         keys = sorted(self._instances)
         start = 0 if after is None else bisect.bisect_right(keys, after)
         rows: list[InstanceInfo] = []
+        if limit <= 0:
+            return rows
         for key in keys[start:]:
             info = self._instances[key]
             if actor_type is not None and info.actor_type != actor_type:

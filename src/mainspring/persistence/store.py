@@ -207,7 +207,8 @@ class AppendRequest:
             assert self.snapshot.stream_id == self.stream_id
             assert self.snapshot.seq == self.expected_seq + len(self.events)
         for record in self.dedupe:
-            assert self.expected_seq < record.seq <= self.expected_seq + len(self.events)
+            # A message that only sends or schedules (no events) is recorded at the head it saw.
+            assert self.expected_seq <= record.seq <= self.expected_seq + len(self.events)
         for timer in self.timers_set:
             assert timer.stream_id == self.stream_id
 
@@ -225,7 +226,8 @@ AppendResult = BaseException | None
 class Store(Protocol):
     """Durable state: streams with leases and epochs, events, snapshots, dedupe records, outbox,
     timers and the instance index. All times are wall-clock milliseconds passed in by the caller
-    (from its ``Clock``), so the store itself never reads a clock."""
+    (from its ``Clock``), so the store itself never reads a clock. A ``limit`` of 0 or less reads
+    nothing."""
 
     async def open(self) -> None:
         """Connect and apply pending schema migrations. Idempotent."""
@@ -289,7 +291,8 @@ class Store(Protocol):
         ...
 
     async def read_dedupe(self, stream_id: str, limit: int) -> list[DedupeRecord]:
-        """The newest ``limit`` dedupe records of the stream, oldest first."""
+        """The newest ``limit`` dedupe records of the stream, oldest first (records with equal
+        ``seq`` in the order they were written)."""
         ...
 
     async def read_lease_history(self, stream_id: str) -> list[LeaseRecord]:
