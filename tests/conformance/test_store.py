@@ -448,6 +448,12 @@ async def test_the_newest_snapshot_wins(store: Any) -> None:
     snap_4 = Snapshot("acct/a", 4, "test.state", 2, b'{"at":4}', NOW_MS + 1)
     await append_one(store, request("acct/a", lease.epoch, 2, 2, snapshot=snap_4))
     assert await store.read_snapshot("acct/a") == snap_4
+    # An older snapshot never replaces a newer one.
+    stale = Snapshot("acct/a", 4, "test.state", 1, b'{"at":3}', NOW_MS)
+    assert stale.seq == snap_4.seq
+    reencoded = Snapshot("acct/a", 4, "test.state", 3, b'{"v3":4}', NOW_MS + 2)
+    await append_one(store, request("acct/a", lease.epoch, 4, 0, snapshot=reencoded))
+    assert await store.read_snapshot("acct/a") == reencoded  # same seq, newer encoding wins
 
 
 # Instance index

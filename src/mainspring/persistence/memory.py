@@ -155,7 +155,7 @@ class MemoryStore:
         for timer in request.timers_set:
             self._timers[(timer.stream_id, timer.name)] = timer
         if request.snapshot is not None and (
-            stream.snapshot is None or stream.snapshot.seq < request.snapshot.seq
+            stream.snapshot is None or stream.snapshot.seq <= request.snapshot.seq
         ):
             stream.snapshot = request.snapshot
         self._index(request)

@@ -197,6 +197,8 @@ class AppendRequest:
     timers_set: Sequence[Timer] = ()
     timers_cancelled: Sequence[str] = ()
     snapshot: Snapshot | None = None
+    """Replaces the stored snapshot unless that one is newer (an equal ``seq`` replaces it: the
+    same state re-encoded by newer code)."""
     status: str | None = None
     """The instance's status for the index; None leaves it as it is (``active`` when new)."""
 

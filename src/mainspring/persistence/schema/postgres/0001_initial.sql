@@ -371,7 +371,7 @@ BEGIN
             SET seq = excluded.seq, type_name = excluded.type_name,
                 type_version = excluded.type_version, payload = excluded.payload,
                 recorded_ms = excluded.recorded_ms
-            WHERE snapshots.seq < excluded.seq;
+            WHERE snapshots.seq <= excluded.seq;
     END IF;
 END;
 $$;
