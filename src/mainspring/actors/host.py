@@ -56,6 +56,12 @@ class _Envelope:
     message: object
     message_id: str | None
     reply: asyncio.Future[Any] | None
+    handler: Callable[..., Any]
+    """The actor type's handler of ``message``, looked up once when the message is accepted."""
+
+
+_PLAIN_REPLIES: Final = frozenset({type(None), bool, int, float, str, bytes})
+"""Reply types that are never awaitable: most replies skip ``inspect.isawaitable``."""
 
 
 @attrs.define
@@ -89,6 +95,60 @@ def _settle(envelope: _Envelope, *, result: Any = None, error: BaseException | N
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+@final
+class _IdleWait:
+    """Waits for an activation's wake-up event, and tells when ``timeout_s`` passed first.
+
+    One timer handle serves many waits: it is armed when a wait starts and none is pending,
+    and re-armed only when it fires during a later wait than the one it was armed for. A
+    timeout scheduled and cancelled around every wait would cost a timer-heap push and a
+    cancellation per message of a busy actor.
+    """
+
+    def __init__(self, wakeup: asyncio.Event, timeout_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = wakeup
+        self._timeout_s = timeout_s
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_for: float | None = None
+        self._waiting_since: float | None = None
+        self._expired = False
+
+    async def wait(self) -> bool:
+        """Wait until the event is set; False when ``timeout_s`` passed without it."""
+        since = self._loop.time()
+        self._waiting_since = since
+        if self._handle is None:
+            self._arm(since)
+        try:
+            await self._wakeup.wait()
+        finally:
+            self._waiting_since = None
+        expired, self._expired = self._expired, False
+        return not expired
+
+    def cancel(self) -> None:
+        """Drop the pending timer handle, if any (the activation is leaving)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _arm(self, since: float) -> None:
+        self._armed_for = since
+        self._handle = self._loop.call_at(since + self._timeout_s, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        since = self._waiting_since
+        if since is None:
+            return  # busy: the next wait arms a new handle
+        if since == self._armed_for:
+            self._expired = True
+            self._wakeup.set()
+        else:
+            self._arm(since)  # armed for an earlier wait: this one has time left
 
 
 @final
@@ -201,35 +261,34 @@ class Activation:
             self.fail_mailbox(error)
             return
         host.statistics.activations += 1
-        idle_timeout_s = host.config.idle_timeout_s
-        while True:
-            if not self.mailbox:
-                if self.passivate_requested or host.closing:
-                    break
-                self.wakeup.clear()
-                try:
-                    async with asyncio.timeout(idle_timeout_s):
-                        await self.wakeup.wait()
-                except TimeoutError:
-                    if not self.mailbox:
+        idle = _IdleWait(self.wakeup, host.config.idle_timeout_s)
+        try:
+            while True:
+                if not self.mailbox:
+                    if self.passivate_requested or host.closing:
                         break
-                continue
-            batch = [
-                self.mailbox.popleft()
-                for _ in range(min(len(self.mailbox), host.config.handler_batch_max))
-            ]
-            self.busy = True
-            try:
-                healthy = await self._handle_batch(batch)
-            finally:
-                self.busy = False
-            host.touch(self)
-            if not healthy:
-                # The store rejected or lost our write: our view of the stream is not to be
-                # trusted. Leave without releasing the lease; queued messages start afresh.
-                host.forget(self)
-                host.redeliver(self)
-                return
+                    self.wakeup.clear()
+                    if not await idle.wait() and not self.mailbox:
+                        break
+                    continue
+                batch = [
+                    self.mailbox.popleft()
+                    for _ in range(min(len(self.mailbox), host.config.handler_batch_max))
+                ]
+                self.busy = True
+                try:
+                    healthy = await self._handle_batch(batch)
+                finally:
+                    self.busy = False
+                host.touch(self)
+                if not healthy:
+                    # The store rejected or lost our write: our view of the stream is not to be
+                    # trusted. Leave without releasing the lease; queued messages start afresh.
+                    host.forget(self)
+                    host.redeliver(self)
+                    return
+        finally:
+            idle.cancel()
         await self._passivate()
 
     async def _passivate(self) -> None:
@@ -284,9 +343,8 @@ class Activation:
                     continue
             context: ActorContext[Any] = ActorContext(self, working, message_id, host.codec)
             try:
-                function = self.actor_cls.handler_for(envelope.message)
-                reply = function(self.actor, context, envelope.message)
-                if inspect.isawaitable(reply):
+                reply = envelope.handler(self.actor, context, envelope.message)
+                if type(reply) not in _PLAIN_REPLIES and inspect.isawaitable(reply):
                     reply = await reply
                 encoded_reply = (
                     host.codec.dumps_any(reply)
@@ -456,7 +514,7 @@ class ActorHost:
         if self.closing:
             raise NodeClosed(f"node {self.node_id!r} is stopping; send the message elsewhere")
         actor_cls = self.actor_type(actor)
-        actor_cls.handler_for(message)  # fail fast, before anything is queued
+        function = actor_cls.handler_for(message)  # fails fast, before anything is queued
         stream_id = stream_id_of(actor_cls.type_name, actor_id)
         activation = self.live.get(stream_id)
         if activation is None:
@@ -464,7 +522,7 @@ class ActorHost:
         if len(activation.mailbox) >= self.config.mailbox_messages_max:
             raise Overloaded(f"the mailbox of {stream_id!r}", self.config.mailbox_messages_max, 1.0)
         future = asyncio.get_running_loop().create_future() if want_reply else None
-        activation.mailbox.append(_Envelope(message, message_id, future))
+        activation.mailbox.append(_Envelope(message, message_id, future, function))
         activation.wakeup.set()
         self.live.move_to_end(stream_id)
         return future
