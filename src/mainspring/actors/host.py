@@ -326,22 +326,28 @@ class Activation:
         host = self.host
         working = self.state
         events: list[NewEvent] = []
-        dedupe: list[DedupeRecord] = []
-        outbox: list[OutboxMessage] = []
-        timers_set: dict[str, Timer] = {}
-        timers_cancelled: set[str] = set()
         outcomes: list[tuple[_Envelope, Any, BaseException | None]] = []
-        seen_in_batch: dict[str, bytes] = {}
+        # What handlers rarely write gets a container only once one of them writes it, and each
+        # message's context is let go before the commit: everything still referenced here stays
+        # alive until the commit, and with many actors waiting on one commit the garbage
+        # collector scans those objects again and again.
+        dedupe: list[DedupeRecord] | None = None
+        seen_in_batch: dict[str, bytes] | None = None
+        outbox: list[OutboxMessage] | None = None
+        timers_set: dict[str, Timer] | None = None
+        timers_cancelled: set[str] | None = None
+        context: ActorContext[Any] | None = None
         for envelope in batch:
             host.statistics.messages += 1
             message_id = envelope.message_id
             if message_id is not None:
-                stored_reply = self.dedupe.get(message_id, seen_in_batch.get(message_id))
+                seen = None if seen_in_batch is None else seen_in_batch.get(message_id)
+                stored_reply = self.dedupe.get(message_id, seen)
                 if stored_reply is not None:
                     host.statistics.duplicates += 1
                     outcomes.append((envelope, host.codec.loads_any(stored_reply), None))
                     continue
-            context: ActorContext[Any] = ActorContext(self, working, message_id, host.codec)
+            context = ActorContext(self, working, message_id, host.codec)
             try:
                 reply = envelope.handler(self.actor, context, envelope.message)
                 if type(reply) not in _PLAIN_REPLIES and inspect.isawaitable(reply):
@@ -357,18 +363,29 @@ class Activation:
                 continue
             working = context.state
             events.extend(context.events)
-            outbox.extend(context.outbox)
-            for name in context.timers_cancelled:
-                timers_set.pop(name, None)
-                timers_cancelled.add(name)
-            for name, timer in context.timers_set.items():
-                timers_cancelled.discard(name)
-                timers_set[name] = timer
+            if context.outbox:
+                if outbox is None:
+                    outbox = []
+                outbox.extend(context.outbox)
+            if context.timers_cancelled or context.timers_set:
+                if timers_set is None:
+                    timers_set = {}
+                if timers_cancelled is None:
+                    timers_cancelled = set()
+                for name in context.timers_cancelled:
+                    timers_set.pop(name, None)
+                    timers_cancelled.add(name)
+                for name, timer in context.timers_set.items():
+                    timers_cancelled.discard(name)
+                    timers_set[name] = timer
             if encoded_reply is not None:
                 assert message_id is not None
+                if dedupe is None or seen_in_batch is None:
+                    dedupe, seen_in_batch = [], {}
                 dedupe.append(DedupeRecord(message_id, self.seq + len(events), encoded_reply))
                 seen_in_batch[message_id] = encoded_reply
             outcomes.append((envelope, reply, None))
+        context = None
         if events or outbox or timers_set or timers_cancelled:
             return await self._commit_batch(
                 working, events, dedupe, outbox, timers_set, timers_cancelled, outcomes
@@ -382,10 +399,10 @@ class Activation:
         self,
         working: Any,
         events: list[NewEvent],
-        dedupe: list[DedupeRecord],
-        outbox: list[OutboxMessage],
-        timers_set: dict[str, Timer],
-        timers_cancelled: set[str],
+        dedupe: list[DedupeRecord] | None,
+        outbox: list[OutboxMessage] | None,
+        timers_set: dict[str, Timer] | None,
+        timers_cancelled: set[str] | None,
         outcomes: list[tuple[_Envelope, Any, BaseException | None]],
     ) -> bool:
         host = self.host
@@ -401,29 +418,32 @@ class Activation:
             expected_seq=self.seq,
             events=events,
             recorded_at_ms=host.clock.wall_ms(),
-            dedupe=dedupe,
+            dedupe=dedupe or (),
             dedupe_window=self.actor_cls.dedupe_window,
-            outbox=outbox,
-            timers_set=list(timers_set.values()),
-            timers_cancelled=sorted(timers_cancelled),
+            outbox=outbox or (),
+            timers_set=list(timers_set.values()) if timers_set else (),
+            timers_cancelled=sorted(timers_cancelled) if timers_cancelled else (),
             snapshot=snapshot,
             status=status if status != self.status else None,
         )
         try:
-            await self._commit(request)
+            # The journal directly rather than through _commit: one coroutine fewer per batch.
+            await host.journal.append(request)
         except (Fenced, ConcurrencyConflict, StoreUnavailable, NodeClosed) as failure:
             if isinstance(failure, Fenced | ConcurrencyConflict):
                 host.statistics.fenced += 1
             for envelope, _, _ in outcomes:
                 _settle(envelope, error=failure)
             return False
+        assert request.new_head_seq == self.seq + len(request.events)
         self.state = working
         self.seq = new_seq
         self.status = status
         if snapshot is not None:
             self.snapshot_seq = new_seq
-        for record in dedupe:
-            self.dedupe[record.message_id] = record.reply
+        if dedupe:
+            for record in dedupe:
+                self.dedupe[record.message_id] = record.reply
         while len(self.dedupe) > self.actor_cls.dedupe_window:
             self.dedupe.popitem(last=False)
         for envelope, reply, error in outcomes:
