@@ -1,0 +1,844 @@
+"""The SQLite store's SQL: the schema migrations and one synchronous function per transaction.
+
+Every ``*_tx`` function runs a whole transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``) on a
+``sqlite3.Connection`` opened with ``isolation_level=None``; every ``select_*`` function runs one
+read statement. ``SqliteStore`` hands each function to a runner, so a transaction costs one hop to
+aiosqlite's worker thread in production and none at all under the simulator's inline runner.
+
+Fencing lives in the SQL: the lease upsert and the conditional head update decide, inside the
+transaction that writes, whether a write may happen. Python never reads a value and then writes on
+the strength of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from typing import Final
+
+import attrs
+import orjson
+
+from mainspring.errors import ConcurrencyConflict, Fenced, LeaseHeld
+from mainspring.persistence.store import (
+    SCHEMA_VERSION,
+    AppendRequest,
+    AppendResult,
+    DedupeRecord,
+    InstanceInfo,
+    Lease,
+    LeaseRecord,
+    OutboxMessage,
+    Snapshot,
+    StoredEvent,
+    StreamHead,
+    Timer,
+    split_stream_id,
+)
+
+__all__ = [
+    "MIGRATIONS",
+    "SYNCHRONOUS_MODES",
+    "CommitFailed",
+    "Migration",
+    "UnknownSchemaVersion",
+    "UnsupportedSqlite",
+    "acquire_lease_tx",
+    "append_batch_tx",
+    "configure_reader",
+    "configure_writer",
+    "connect",
+    "delete_outbox_tx",
+    "delete_timer_tx",
+    "migrate_tx",
+    "release_leases_tx",
+    "renew_leases_tx",
+    "schema_versions",
+    "select_dedupe",
+    "select_due_timers",
+    "select_events",
+    "select_head",
+    "select_instance",
+    "select_instances",
+    "select_lease_history",
+    "select_next_timer_due_ms",
+    "select_outbox",
+    "select_snapshot",
+    "select_streams",
+]
+
+CACHED_STATEMENTS: Final = 256
+"""Room for every statement below (about 40, plus the list_instances variants), so each one is
+prepared once per connection and reused."""
+
+SQLITE_VERSION_MIN: Final = (3, 37, 0)
+"""STRICT tables need 3.37 (RETURNING and UPSERT need less); pruning needs the JSON functions."""
+
+WAL_SWITCH_PAUSE_MS: Final = 5
+"""The pause between attempts to switch a new file to WAL while another connection does it."""
+
+SYNCHRONOUS_MODES: Final = frozenset({"FULL", "EXTRA", "NORMAL"})
+"""``OFF`` is left out on purpose: it would acknowledge commits that an OS crash can lose."""
+
+
+# Schema
+
+
+@attrs.frozen
+class Migration:
+    """One schema version: the statements that take the schema from ``version - 1`` to it."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+_SCHEMA_V1: Final = (
+    # dedupe_count mirrors the number of dedupe rows of the stream (kept by the triggers below),
+    # so pruning to a window costs one key lookup instead of a scan of the window.
+    """CREATE TABLE streams (
+        stream_id TEXT PRIMARY KEY,
+        epoch INTEGER NOT NULL CHECK (epoch >= 1),
+        head INTEGER NOT NULL CHECK (head >= 0),
+        owner TEXT,
+        lease_expires_ms INTEGER NOT NULL,
+        dedupe_count INTEGER NOT NULL DEFAULT 0 CHECK (dedupe_count >= 0)
+    ) STRICT, WITHOUT ROWID""",
+    # Clustered by (stream_id, seq): hydration reads one contiguous key range.
+    """CREATE TABLE events (
+        stream_id TEXT NOT NULL,
+        seq INTEGER NOT NULL CHECK (seq >= 1),
+        epoch INTEGER NOT NULL CHECK (epoch >= 1),
+        type_name TEXT NOT NULL,
+        type_version INTEGER NOT NULL,
+        payload BLOB NOT NULL,
+        message_id TEXT,
+        recorded_ms INTEGER NOT NULL,
+        PRIMARY KEY (stream_id, seq)
+    ) STRICT, WITHOUT ROWID""",
+    """CREATE TABLE snapshots (
+        stream_id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL CHECK (seq >= 0),
+        type_name TEXT NOT NULL,
+        type_version INTEGER NOT NULL,
+        payload BLOB NOT NULL,
+        recorded_ms INTEGER NOT NULL
+    ) STRICT""",
+    # position (the rowid) is insertion order; an upsert keeps it, so records with equal seq
+    # keep the order the reference store gives them (a dict keeps a replaced key's place).
+    """CREATE TABLE dedupe (
+        position INTEGER PRIMARY KEY,
+        stream_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        reply BLOB NOT NULL,
+        UNIQUE (stream_id, message_id)
+    ) STRICT""",
+    "CREATE INDEX dedupe_by_seq ON dedupe (stream_id, seq, position)",
+    """CREATE TRIGGER dedupe_counted AFTER INSERT ON dedupe BEGIN
+        UPDATE streams SET dedupe_count = dedupe_count + 1 WHERE stream_id = NEW.stream_id;
+    END""",
+    """CREATE TRIGGER dedupe_uncounted AFTER DELETE ON dedupe BEGIN
+        UPDATE streams SET dedupe_count = dedupe_count - 1 WHERE stream_id = OLD.stream_id;
+    END""",
+    # position orders the outbox oldest first; it only grows while rows exist.
+    """CREATE TABLE outbox (
+        position INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL UNIQUE,
+        source_stream_id TEXT NOT NULL,
+        target_type TEXT NOT NULL,
+        target_id TEXT NOT NULL,
+        type_name TEXT NOT NULL,
+        type_version INTEGER NOT NULL,
+        payload BLOB NOT NULL,
+        created_ms INTEGER NOT NULL
+    ) STRICT""",
+    """CREATE TABLE timers (
+        stream_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        due_ms INTEGER NOT NULL,
+        payload BLOB,
+        PRIMARY KEY (stream_id, name)
+    ) STRICT, WITHOUT ROWID""",
+    "CREATE INDEX timers_by_due ON timers (due_ms, stream_id, name)",
+    """CREATE TABLE instances (
+        actor_type TEXT NOT NULL,
+        actor_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (actor_type, actor_id)
+    ) STRICT, WITHOUT ROWID""",
+    "CREATE INDEX instances_by_status ON instances (actor_type, status, actor_id)",
+    """CREATE TABLE lease_history (
+        stream_id TEXT NOT NULL,
+        epoch INTEGER NOT NULL CHECK (epoch >= 1),
+        owner TEXT NOT NULL,
+        acquired_ms INTEGER NOT NULL,
+        PRIMARY KEY (stream_id, epoch)
+    ) STRICT, WITHOUT ROWID""",
+)
+
+MIGRATIONS: Final = (Migration(1, "create the initial schema", _SCHEMA_V1),)
+"""Every schema version in order; ``migrate_tx`` applies the ones a database lacks."""
+
+assert [migration.version for migration in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+assert MIGRATIONS[-1].version == SCHEMA_VERSION
+
+
+class UnknownSchemaVersion(Exception):
+    """The database records schema versions unknown to this code (a newer mainspring wrote it)."""
+
+    def __init__(self, found: list[int], supported: int) -> None:
+        self.found = found
+        self.supported = supported
+        super().__init__(f"schema versions {found}, this code knows 1..{supported}")
+
+
+class UnsupportedSqlite(Exception):
+    """The SQLite library lacks something the schema or the statements need."""
+
+
+class CommitFailed(Exception):
+    """``COMMIT`` itself raised: the transaction may or may not be durable."""
+
+
+# Connections
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A connection in autocommit mode, so ``BEGIN IMMEDIATE``/``COMMIT`` are ours alone."""
+    return sqlite3.connect(path, isolation_level=None, cached_statements=CACHED_STATEMENTS)
+
+
+def configure_writer(conn: sqlite3.Connection, synchronous: str, busy_timeout_ms: int) -> str:
+    """Check the library and set the writer's PRAGMAs; returns the journal mode in effect
+    (``wal``, or ``memory``).
+
+    Raises:
+        UnsupportedSqlite: the SQLite library is too old or lacks the JSON functions.
+    """
+    assert synchronous in SYNCHRONOUS_MODES, synchronous
+    assert busy_timeout_ms >= 0, busy_timeout_ms
+    _require_features(conn)
+    conn.isolation_level = None
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    journal_mode = _switch_to_wal(conn, busy_timeout_ms)
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    [(level,)] = conn.execute("PRAGMA synchronous").fetchall()
+    assert level == {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}[synchronous], level
+    return journal_mode
+
+
+def _switch_to_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> str:
+    """Set WAL mode (kept in the file, so only its first opener really switches); returns the
+    journal mode in effect.
+
+    Switching needs an exclusive lock, which SQLite requests without its busy handler (waiting
+    while holding the shared lock it read the header with could deadlock). So when several
+    stores open a new file at once, the losers see SQLITE_BUSY at once: they pause and try
+    again, for up to ``busy_timeout_ms``, and then find the file in WAL mode already.
+    """
+    attempts = max(1, busy_timeout_ms // WAL_SWITCH_PAUSE_MS)
+    for _ in range(attempts - 1):
+        try:
+            return _set_wal(conn)
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+        time.sleep(WAL_SWITCH_PAUSE_MS / 1000)
+    return _set_wal(conn)
+
+
+def _set_wal(conn: sqlite3.Connection) -> str:
+    [(journal_mode,)] = conn.execute("PRAGMA journal_mode = WAL").fetchall()
+    assert isinstance(journal_mode, str), journal_mode
+    return journal_mode
+
+
+def _require_features(conn: sqlite3.Connection) -> None:
+    if sqlite3.sqlite_version_info < SQLITE_VERSION_MIN:
+        raise UnsupportedSqlite(f"SQLite {sqlite3.sqlite_version} is older than 3.37")
+    try:
+        conn.execute("SELECT json_extract('[1]', '$[0]')").fetchall()
+    except sqlite3.OperationalError as error:
+        raise UnsupportedSqlite(f"SQLite {sqlite3.sqlite_version} lacks JSON: {error}") from error
+
+
+def configure_reader(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    """Set the reader's PRAGMAs; ``query_only`` makes any write through it an error."""
+    assert busy_timeout_ms >= 0, busy_timeout_ms
+    conn.isolation_level = None
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    conn.execute("PRAGMA query_only = ON")
+
+
+@contextlib.contextmanager
+def immediate_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """Run the body between ``BEGIN IMMEDIATE`` and ``COMMIT``; roll back if it raises.
+
+    IMMEDIATE takes the write lock up front, so a second writer (another node on the same file)
+    waits at BEGIN for ``busy_timeout`` instead of failing half-way through the transaction.
+
+    Raises:
+        CommitFailed: COMMIT raised, so the outcome is unknown.
+    """
+    assert not conn.in_transaction, "a transaction is already open on this connection"
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException as error:
+        _roll_back(conn, error)
+        raise
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as error:
+        _roll_back(conn, error)
+        raise CommitFailed(str(error)) from error
+    assert not conn.in_transaction
+
+
+def _roll_back(conn: sqlite3.Connection, error: BaseException) -> None:
+    # SQLite rolls back by itself after some errors (SQLITE_FULL, SQLITE_IOERR), so only an open
+    # transaction is rolled back. A failing ROLLBACK must not hide the error that caused it.
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as rollback_error:
+        error.add_note(f"ROLLBACK failed too: {rollback_error}")
+
+
+# Migrations
+
+_CREATE_MIGRATIONS_TABLE: Final = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    applied_at_ms INTEGER NOT NULL
+) STRICT"""
+
+
+def migrate_tx(conn: sqlite3.Connection, now_ms: int) -> list[int]:
+    """Apply the migrations the database lacks, all in one transaction; returns their versions.
+
+    Safe when several stores open one file at once: the write lock taken at BEGIN makes them
+    take turns, and each sees what the others applied.
+
+    Raises:
+        UnknownSchemaVersion: the database has versions newer than ``SCHEMA_VERSION``.
+    """
+    with immediate_transaction(conn):
+        conn.execute(_CREATE_MIGRATIONS_TABLE)
+        found = schema_versions(conn)
+        if any(version not in range(1, SCHEMA_VERSION + 1) for version in found):
+            raise UnknownSchemaVersion(found, SCHEMA_VERSION)
+        # Migrations run in order inside one transaction, so the versions form a prefix.
+        assert found == list(range(1, len(found) + 1)), found
+        pending = [migration for migration in MIGRATIONS if migration.version not in found]
+        for migration in pending:
+            for statement in migration.statements:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?, ?)",
+                (migration.version, now_ms),
+            )
+    return [migration.version for migration in pending]
+
+
+def schema_versions(conn: sqlite3.Connection) -> list[int]:
+    """The versions recorded in ``schema_migrations``, ascending."""
+    rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+    return [version for (version,) in rows]
+
+
+# Leases
+
+_ACQUIRE_LEASE: Final = """
+INSERT INTO streams (stream_id, epoch, head, owner, lease_expires_ms)
+VALUES (:stream_id, 1, 0, :owner, :expires_ms)
+ON CONFLICT (stream_id) DO UPDATE
+    SET epoch = epoch + 1, owner = :owner, lease_expires_ms = :expires_ms
+    WHERE owner IS NULL OR owner = :owner OR lease_expires_ms <= :now_ms OR :steal
+RETURNING epoch, head"""
+
+_RECORD_LEASE: Final = """
+INSERT INTO lease_history (stream_id, epoch, owner, acquired_ms) VALUES (?, ?, ?, ?)"""
+
+_RENEW_LEASE: Final = """
+UPDATE streams SET lease_expires_ms = ? WHERE stream_id = ? AND epoch = ? AND owner = ?"""
+
+_RELEASE_LEASE: Final = """
+UPDATE streams SET owner = NULL, lease_expires_ms = 0
+WHERE stream_id = ? AND epoch = ? AND owner = ?"""
+
+
+def acquire_lease_tx(
+    conn: sqlite3.Connection, stream_id: str, owner: str, now_ms: int, ttl_ms: int, steal: bool
+) -> Lease:
+    """See ``Store.acquire_lease``: one conditional upsert bumps the epoch, then history.
+
+    Raises:
+        LeaseHeld: another owner's lease has not expired and ``steal`` is false.
+    """
+    expires_ms = now_ms + ttl_ms
+    with immediate_transaction(conn):
+        granted = conn.execute(
+            _ACQUIRE_LEASE,
+            {
+                "stream_id": stream_id,
+                "owner": owner,
+                "expires_ms": expires_ms,
+                "now_ms": now_ms,
+                "steal": steal,
+            },
+        ).fetchall()
+        if not granted:
+            raise _lease_held(conn, stream_id)
+        [(epoch, head)] = granted
+        assert epoch >= 1, epoch
+        assert head >= 0, head
+        conn.execute(_RECORD_LEASE, (stream_id, epoch, owner, now_ms))
+    return Lease(stream_id, owner, epoch, head, expires_ms)
+
+
+def _lease_held(conn: sqlite3.Connection, stream_id: str) -> LeaseHeld:
+    row = conn.execute(
+        "SELECT owner, lease_expires_ms FROM streams WHERE stream_id = ?", (stream_id,)
+    ).fetchone()
+    # The upsert declined, so the row exists and another owner holds it.
+    assert row is not None, stream_id
+    assert row[0] is not None, row
+    return LeaseHeld(stream_id, row[0], row[1])
+
+
+def renew_leases_tx(
+    conn: sqlite3.Connection,
+    owner: str,
+    leases: Sequence[tuple[str, int]],
+    now_ms: int,
+    ttl_ms: int,
+) -> list[str]:
+    """See ``Store.renew_leases``; returns the stream ids whose lease was lost."""
+    expires_ms = now_ms + ttl_ms
+    rows = [(expires_ms, stream_id, epoch, owner) for stream_id, epoch in leases]
+    with immediate_transaction(conn):
+        if conn.executemany(_RENEW_LEASE, rows).rowcount == len(rows):
+            return []
+        # Some lease was lost. Renewing is idempotent, so renew again one by one to find out
+        # which (the common case, nothing lost, costs one executemany).
+        lost = [row[1] for row in rows if conn.execute(_RENEW_LEASE, row).rowcount == 0]
+    assert lost, "the batch renewal missed a row, so at least one lease is lost"
+    return lost
+
+
+def release_leases_tx(
+    conn: sqlite3.Connection, owner: str, leases: Sequence[tuple[str, int]]
+) -> None:
+    """See ``Store.release_leases``."""
+    rows = [(stream_id, epoch, owner) for stream_id, epoch in leases]
+    with immediate_transaction(conn):
+        released = conn.executemany(_RELEASE_LEASE, rows).rowcount
+    assert 0 <= released <= len(rows), (released, len(rows))
+
+
+# Appends
+
+_ADVANCE_HEAD: Final = """
+UPDATE streams SET head = ? WHERE stream_id = ? AND epoch = ? AND head = ?"""
+
+_INSERT_EVENT: Final = """
+INSERT INTO events
+    (stream_id, seq, epoch, type_name, type_version, payload, message_id, recorded_ms)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+
+_UPSERT_DEDUPE: Final = """
+INSERT INTO dedupe (stream_id, message_id, seq, reply) VALUES (?, ?, ?, ?)
+ON CONFLICT (stream_id, message_id) DO UPDATE SET seq = excluded.seq, reply = excluded.reply"""
+
+# The streams of the batch that hold more dedupe records than their window: ? is a JSON array
+# of [stream_id, window] pairs.
+_OVER_WINDOW: Final = """
+SELECT streams.stream_id, json_extract(value, '$[1]') FROM json_each(?)
+JOIN streams ON streams.stream_id = json_extract(value, '$[0]')
+WHERE streams.dedupe_count > json_extract(value, '$[1]')"""
+
+# Deletes the oldest records beyond the window; dedupe_count says how many there are.
+_PRUNE_DEDUPE: Final = """
+DELETE FROM dedupe WHERE position IN (
+    SELECT position FROM dedupe WHERE stream_id = ?1 ORDER BY seq, position
+    LIMIT (SELECT max(dedupe_count - ?2, 0) FROM streams WHERE stream_id = ?1))"""
+
+_INSERT_OUTBOX: Final = """
+INSERT INTO outbox (message_id, source_stream_id, target_type, target_id, type_name,
+    type_version, payload, created_ms)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (message_id) DO NOTHING"""
+
+_CANCEL_TIMER: Final = "DELETE FROM timers WHERE stream_id = ? AND name = ?"
+
+_SET_TIMER: Final = """
+INSERT INTO timers (stream_id, name, due_ms, payload) VALUES (?, ?, ?, ?)
+ON CONFLICT (stream_id, name) DO UPDATE SET due_ms = excluded.due_ms, payload = excluded.payload"""
+
+# An equal seq replaces the stored snapshot: the same state, re-encoded by newer code.
+_SAVE_SNAPSHOT: Final = """
+INSERT INTO snapshots (stream_id, seq, type_name, type_version, payload, recorded_ms)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (stream_id) DO UPDATE SET seq = excluded.seq, type_name = excluded.type_name,
+    type_version = excluded.type_version, payload = excluded.payload,
+    recorded_ms = excluded.recorded_ms
+WHERE excluded.seq >= snapshots.seq"""
+
+# Two statements, because assigning status (even its own value) rewrites the status index entry:
+# the common request, which leaves the status alone, then costs half as much.
+_INDEX_INSTANCE: Final = """
+INSERT INTO instances (actor_type, actor_id, status, created_ms, updated_ms)
+VALUES (?1, ?2, 'active', ?3, ?3)
+ON CONFLICT (actor_type, actor_id) DO UPDATE SET updated_ms = ?3"""
+
+_INDEX_INSTANCE_STATUS: Final = """
+INSERT INTO instances (actor_type, actor_id, status, created_ms, updated_ms)
+VALUES (?1, ?2, ?3, ?4, ?4)
+ON CONFLICT (actor_type, actor_id) DO UPDATE SET status = ?3, updated_ms = ?4"""
+
+
+def append_batch_tx(
+    conn: sqlite3.Connection, requests: Sequence[AppendRequest]
+) -> list[AppendResult]:
+    """See ``Store.append_batch``: check every request's epoch and head, write the accepted ones.
+
+    The requests must name distinct streams (the caller checks), so no two of them touch one
+    stream, timer, dedupe record, snapshot or instance row, and each table's rows of the whole
+    batch can go in one ``executemany``.
+    """
+    with immediate_transaction(conn):
+        results = _advance_heads(conn, requests)
+        accepted = [
+            request for request, result in zip(requests, results, strict=True) if result is None
+        ]
+        _write_accepted(conn, accepted)
+    assert len(results) == len(requests)
+    return results
+
+
+def _advance_heads(
+    conn: sqlite3.Connection, requests: Sequence[AppendRequest]
+) -> list[AppendResult]:
+    """Move each stream's head from ``expected_seq`` to ``new_head_seq`` under its epoch."""
+    rows = [
+        (request.new_head_seq, request.stream_id, request.epoch, request.expected_seq)
+        for request in requests
+    ]
+    # Usually every request passes: try them all in one executemany. The streams are distinct,
+    # so the batch passed exactly when every row was updated; otherwise undo and go one by one.
+    conn.execute("SAVEPOINT advance_heads")
+    if conn.executemany(_ADVANCE_HEAD, rows).rowcount == len(rows):
+        conn.execute("RELEASE advance_heads")
+        return [None] * len(requests)
+    conn.execute("ROLLBACK TO advance_heads")
+    conn.execute("RELEASE advance_heads")
+    return [_advance_head(conn, request, row) for request, row in zip(requests, rows, strict=True)]
+
+
+def _advance_head(
+    conn: sqlite3.Connection, request: AppendRequest, row: tuple[int, str, int, int]
+) -> AppendResult:
+    if conn.execute(_ADVANCE_HEAD, row).rowcount == 1:
+        return None
+    current = conn.execute(
+        "SELECT epoch, head FROM streams WHERE stream_id = ?", (request.stream_id,)
+    ).fetchone()
+    if current is None or current[0] != request.epoch:
+        current_epoch = 0 if current is None else current[0]
+        return Fenced(request.stream_id, request.epoch, current_epoch)
+    assert current[1] != request.expected_seq, (request.stream_id, current)
+    return ConcurrencyConflict(request.stream_id, request.expected_seq, current[1])
+
+
+def _write_accepted(conn: sqlite3.Connection, accepted: Sequence[AppendRequest]) -> None:
+    """Insert everything the accepted requests carry, one ``executemany`` per kind of row."""
+    # Each event's seq follows from the head the conditional update just moved past, so the
+    # stream's seqs stay 1..head; the (stream_id, seq) key rejects any overlap.
+    event_rows = [
+        (
+            request.stream_id,
+            seq,
+            request.epoch,
+            event.type_name,
+            event.type_version,
+            event.payload,
+            event.message_id,
+            request.recorded_at_ms,
+        )
+        for request in accepted
+        for seq, event in enumerate(request.events, start=request.expected_seq + 1)
+    ]
+    inserted = _execute_many(conn, _INSERT_EVENT, event_rows)
+    assert inserted == sum(len(request.events) for request in accepted), inserted
+    _write_dedupe(conn, accepted)
+    _write_outbox(conn, accepted)
+    _write_timers(conn, accepted)
+    _write_snapshots(conn, accepted)
+    _write_instances(conn, accepted)
+
+
+def _execute_many(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[object, ...]]) -> int:
+    """``executemany`` that skips the call when there is nothing to write; returns rowcount."""
+    if not rows:
+        return 0
+    return conn.executemany(sql, rows).rowcount
+
+
+def _write_dedupe(conn: sqlite3.Connection, accepted: Sequence[AppendRequest]) -> None:
+    records = [
+        (request.stream_id, record.message_id, record.seq, record.reply)
+        for request in accepted
+        for record in request.dedupe
+    ]
+    _execute_many(conn, _UPSERT_DEDUPE, records)
+    # The reference store prunes whenever a window is given, even without new records. One
+    # statement finds the streams over their window (usually none), at a quarter of the cost of
+    # a prune statement per request; only those streams are pruned.
+    windows = [
+        (request.stream_id, request.dedupe_window)
+        for request in accepted
+        if request.dedupe_window > 0
+    ]
+    if not windows:
+        return
+    # A str, not bytes: SQLite 3.45+ reads a BLOB argument as binary JSONB.
+    over = conn.execute(_OVER_WINDOW, (orjson.dumps(windows).decode(),)).fetchall()
+    _execute_many(conn, _PRUNE_DEDUPE, over)
+
+
+def _write_outbox(conn: sqlite3.Connection, accepted: Sequence[AppendRequest]) -> None:
+    messages = [
+        (
+            message.message_id,
+            message.source_stream_id,
+            message.target_type,
+            message.target_id,
+            message.type_name,
+            message.type_version,
+            message.payload,
+            message.created_at_ms,
+        )
+        for request in accepted
+        for message in request.outbox
+    ]
+    _execute_many(conn, _INSERT_OUTBOX, messages)
+
+
+def _write_timers(conn: sqlite3.Connection, accepted: Sequence[AppendRequest]) -> None:
+    # Cancellations go first, so a timer both cancelled and set by one request ends up set.
+    cancelled = [
+        (request.stream_id, name) for request in accepted for name in request.timers_cancelled
+    ]
+    _execute_many(conn, _CANCEL_TIMER, cancelled)
+    timers = [
+        (timer.stream_id, timer.name, timer.due_at_ms, timer.payload)
+        for request in accepted
+        for timer in request.timers_set
+    ]
+    _execute_many(conn, _SET_TIMER, timers)
+
+
+def _write_snapshots(conn: sqlite3.Connection, accepted: Sequence[AppendRequest]) -> None:
+    snapshots = [
+        (
+            snapshot.stream_id,
+            snapshot.seq,
+            snapshot.type_name,
+            snapshot.type_version,
+            snapshot.payload,
+            snapshot.recorded_at_ms,
+        )
+        for request in accepted
+        if (snapshot := request.snapshot) is not None
+    ]
+    _execute_many(conn, _SAVE_SNAPSHOT, snapshots)
+
+
+def _write_instances(conn: sqlite3.Connection, accepted: Sequence[AppendRequest]) -> None:
+    # An empty status counts as none ("or" in the reference store): the row keeps its status.
+    unchanged = [
+        (*split_stream_id(request.stream_id), request.recorded_at_ms)
+        for request in accepted
+        if not request.status
+    ]
+    changed = [
+        (*split_stream_id(request.stream_id), request.status, request.recorded_at_ms)
+        for request in accepted
+        if request.status
+    ]
+    indexed = _execute_many(conn, _INDEX_INSTANCE, unchanged)
+    indexed += _execute_many(conn, _INDEX_INSTANCE_STATUS, changed)
+    assert indexed == len(accepted), (indexed, len(accepted))
+
+
+# Outbox and timers
+
+
+def delete_outbox_tx(conn: sqlite3.Connection, message_ids: Sequence[str]) -> None:
+    """See ``Store.delete_outbox``."""
+    with immediate_transaction(conn):
+        deleted = _execute_many(
+            conn,
+            "DELETE FROM outbox WHERE message_id = ?",
+            [(message_id,) for message_id in message_ids],
+        )
+    assert 0 <= deleted <= len(message_ids), (deleted, len(message_ids))
+
+
+def delete_timer_tx(conn: sqlite3.Connection, stream_id: str, name: str, due_at_ms: int) -> bool:
+    """See ``Store.delete_timer``."""
+    with immediate_transaction(conn):
+        deleted = conn.execute(
+            "DELETE FROM timers WHERE stream_id = ? AND name = ? AND due_ms = ?",
+            (stream_id, name, due_at_ms),
+        ).rowcount
+    assert deleted in (0, 1), deleted
+    return deleted == 1
+
+
+# Reads: one statement each, so each sees one committed state of the database.
+
+
+def select_head(conn: sqlite3.Connection, stream_id: str) -> StreamHead | None:
+    """See ``Store.read_head``."""
+    row = conn.execute(
+        "SELECT epoch, head, owner, lease_expires_ms FROM streams WHERE stream_id = ?",
+        (stream_id,),
+    ).fetchone()
+    return None if row is None else StreamHead(stream_id, *row)
+
+
+def select_events(
+    conn: sqlite3.Connection, stream_id: str, after_seq: int, limit: int
+) -> list[StoredEvent]:
+    """See ``Store.read_events``."""
+    rows = conn.execute(
+        """SELECT seq, epoch, type_name, type_version, payload, message_id, recorded_ms
+        FROM events WHERE stream_id = ? AND seq > ? ORDER BY seq LIMIT ?""",
+        (stream_id, after_seq, max(limit, 0)),
+    ).fetchall()
+    events = [StoredEvent(stream_id, *row) for row in rows]
+    # Gapless: the page starts right after after_seq and its seqs are consecutive.
+    if events:
+        assert events[0].seq == max(after_seq, 0) + 1, (stream_id, after_seq, events[0].seq)
+        assert events[-1].seq == events[0].seq + len(events) - 1, (stream_id, after_seq)
+    return events
+
+
+def select_snapshot(conn: sqlite3.Connection, stream_id: str) -> Snapshot | None:
+    """See ``Store.read_snapshot``."""
+    row = conn.execute(
+        """SELECT seq, type_name, type_version, payload, recorded_ms
+        FROM snapshots WHERE stream_id = ?""",
+        (stream_id,),
+    ).fetchone()
+    return None if row is None else Snapshot(stream_id, *row)
+
+
+def select_dedupe(conn: sqlite3.Connection, stream_id: str, limit: int) -> list[DedupeRecord]:
+    """See ``Store.read_dedupe``: the newest ``limit`` records, returned oldest first."""
+    rows = conn.execute(
+        """SELECT message_id, seq, reply FROM (
+            SELECT position, message_id, seq, reply FROM dedupe WHERE stream_id = ?
+            ORDER BY seq DESC, position DESC LIMIT ?)
+        ORDER BY seq, position""",
+        (stream_id, max(limit, 0)),
+    ).fetchall()
+    return [DedupeRecord(*row) for row in rows]
+
+
+def select_lease_history(conn: sqlite3.Connection, stream_id: str) -> list[LeaseRecord]:
+    """See ``Store.read_lease_history``."""
+    rows = conn.execute(
+        """SELECT epoch, owner, acquired_ms FROM lease_history
+        WHERE stream_id = ? ORDER BY epoch""",
+        (stream_id,),
+    ).fetchall()
+    return [LeaseRecord(stream_id, *row) for row in rows]
+
+
+def select_outbox(conn: sqlite3.Connection, limit: int) -> list[OutboxMessage]:
+    """See ``Store.read_outbox``."""
+    rows = conn.execute(
+        """SELECT message_id, source_stream_id, target_type, target_id, type_name,
+            type_version, payload, created_ms
+        FROM outbox ORDER BY position LIMIT ?""",
+        (max(limit, 0),),
+    ).fetchall()
+    return [OutboxMessage(*row) for row in rows]
+
+
+def select_due_timers(conn: sqlite3.Connection, now_ms: int, limit: int) -> list[Timer]:
+    """See ``Store.read_due_timers``."""
+    rows = conn.execute(
+        """SELECT stream_id, name, due_ms, payload FROM timers
+        WHERE due_ms <= ? ORDER BY due_ms, stream_id, name LIMIT ?""",
+        (now_ms, max(limit, 0)),
+    ).fetchall()
+    return [Timer(*row) for row in rows]
+
+
+def select_next_timer_due_ms(conn: sqlite3.Connection) -> int | None:
+    """See ``Store.next_timer_due_ms``."""
+    [(due_ms,)] = conn.execute("SELECT min(due_ms) FROM timers").fetchall()
+    assert due_ms is None or isinstance(due_ms, int), due_ms
+    return due_ms
+
+
+def select_instance(
+    conn: sqlite3.Connection, actor_type: str, actor_id: str
+) -> InstanceInfo | None:
+    """See ``Store.read_instance``."""
+    row = conn.execute(
+        """SELECT status, created_ms, updated_ms FROM instances
+        WHERE actor_type = ? AND actor_id = ?""",
+        (actor_type, actor_id),
+    ).fetchone()
+    return None if row is None else InstanceInfo(actor_type, actor_id, *row)
+
+
+def select_instances(
+    conn: sqlite3.Connection,
+    actor_type: str | None,
+    status: str | None,
+    limit: int,
+    after: tuple[str, str] | None,
+) -> list[InstanceInfo]:
+    """See ``Store.list_instances``.
+
+    Only the filters in use go into the WHERE clause (from constant fragments), so each of the
+    eight shapes gets a plan that uses the primary key or the status index.
+    """
+    conditions: list[str] = []
+    parameters: list[object] = []
+    if actor_type is not None:
+        conditions.append("actor_type = ?")
+        parameters.append(actor_type)
+    if status is not None:
+        conditions.append("status = ?")
+        parameters.append(status)
+    if after is not None:
+        conditions.append("(actor_type, actor_id) > (?, ?)")
+        parameters.extend(after)
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    rows = conn.execute(
+        f"""SELECT actor_type, actor_id, status, created_ms, updated_ms FROM instances {where}
+        ORDER BY actor_type, actor_id LIMIT ?""",
+        (*parameters, max(limit, 0)),
+    ).fetchall()
+    return [InstanceInfo(*row) for row in rows]
+
+
+def select_streams(conn: sqlite3.Connection) -> list[StreamHead]:
+    """See ``Store.list_streams``."""
+    rows = conn.execute(
+        """SELECT stream_id, epoch, head, owner, lease_expires_ms
+        FROM streams ORDER BY stream_id"""
+    ).fetchall()
+    return [StreamHead(*row) for row in rows]
