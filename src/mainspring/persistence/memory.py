@@ -144,10 +144,10 @@ class MemoryStore:
         for record in request.dedupe:
             stream.dedupe[record.message_id] = record
         if request.dedupe_window > 0 and len(stream.dedupe) > request.dedupe_window:
+            # Keep insertion order (the tie order of equal seqs): filter, never re-sort the dict.
             newest = sorted(stream.dedupe.values(), key=lambda record: record.seq)
-            stream.dedupe = {
-                record.message_id: record for record in newest[-request.dedupe_window :]
-            }
+            keep = {record.message_id for record in newest[-request.dedupe_window :]}
+            stream.dedupe = {key: r for key, r in stream.dedupe.items() if key in keep}
         for message in request.outbox:
             self._outbox.setdefault(message.message_id, message)
         for name in request.timers_cancelled:
