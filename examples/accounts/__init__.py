@@ -1,0 +1,1 @@
+"""A bank-account example: event-sourced accounts with transfers through the outbox."""
