@@ -9,6 +9,7 @@ tests marked ``postgres`` need the server, the others check what fails before an
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -72,13 +73,17 @@ def request(stream_id: str, epoch: int, expected_seq: int, count: int = 1, **ext
     )
 
 
-async def wait_for_lock_waiter(admin: asyncpg.Connection[asyncpg.Record]) -> int:
-    """The pid of the mainspring session that waits for a row lock (polls until there is one)."""
+async def wait_for_lock_waiter(
+    admin: asyncpg.Connection[asyncpg.Record], application_name: str
+) -> int:
+    """The pid of the store session named ``application_name`` that waits for a row lock
+    (polls until there is one)."""
     async with asyncio.timeout(WAIT_S):
         while True:
             pid = await admin.fetchval(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = 'mainspring' "
-                "AND wait_event_type = 'Lock' AND datname = current_database()"
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1 "
+                "AND wait_event_type = 'Lock' AND datname = current_database()",
+                application_name,
             )
             if pid is not None:
                 return int(pid)
@@ -310,13 +315,18 @@ def test_invalid_pool_sizes_and_timeouts_are_refused() -> None:
 async def test_the_store_reconnects_after_its_sessions_are_terminated(
     make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
 ) -> None:
-    store = make_store(pool_min_size=1, pool_max_size=1)
+    # A name of its own, so only this store's sessions are killed (other test processes may
+    # share the database).
+    name = f"mainspring-terminated-{os.getpid()}"
+    store = make_store(pool_min_size=1, pool_max_size=1, application_name=name)
     await store.open()
     await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
-    await admin.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE application_name = 'mainspring' AND datname = current_database()"
+    killed = await admin.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = $1 AND datname = current_database()",
+        name,
     )
+    assert killed == 1
     # The pool may notice the dead connection before using it, or on the first use; either
     # way a read fails at most once, cleanly, and the next one works.
     first = await outcome(store.read_head("acct/a"))
@@ -348,14 +358,15 @@ async def test_a_write_cut_off_in_flight_is_ambiguous(
 ) -> None:
     """The append's session is terminated while the append runs: it may or may not have
     committed as far as the caller can tell, so the error says ``ambiguous``."""
-    store = make_store()
+    name = f"mainspring-cut-off-{os.getpid()}"
+    store = make_store(application_name=name)
     await store.open()
     lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
     blocker = admin.transaction()
     await blocker.start()
     await admin.execute("SELECT * FROM streams WHERE stream_id = 'acct/a' FOR UPDATE")
     append = asyncio.create_task(store.append_batch([request("acct/a", lease.epoch, 0)]))
-    await admin.execute("SELECT pg_terminate_backend($1)", await wait_for_lock_waiter(admin))
+    await admin.execute("SELECT pg_terminate_backend($1)", await wait_for_lock_waiter(admin, name))
     with pytest.raises(StoreUnavailable, match="may or may not have committed") as caught:
         await append
     assert caught.value.ambiguous is True

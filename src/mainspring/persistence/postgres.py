@@ -244,6 +244,8 @@ class PostgresStore:
         command_timeout_s: the longest any one statement may take before it is cancelled and
             the operation fails with ``StoreUnavailable``.
         connect_timeout_s: the longest a new connection may take to establish.
+        application_name: how this store's sessions appear in ``pg_stat_activity`` (name the
+            node here to tell nodes apart): printable ASCII, at most 63 characters.
 
     Raises:
         UsageError: an argument is invalid (the message names it).
@@ -258,8 +260,18 @@ class PostgresStore:
         pool_max_size: int = 10,
         command_timeout_s: float = 30.0,
         connect_timeout_s: float = 10.0,
+        application_name: str = "mainspring",
     ) -> None:
         _check_schema_name(schema)
+        if (
+            not isinstance(application_name, str)
+            or not 0 < len(application_name) <= 63
+            or not all(" " <= character <= "~" for character in application_name)
+        ):
+            raise UsageError(
+                "application_name must be 1-63 printable ASCII characters, "
+                f"got {application_name!r}"
+            )
         if not 0 <= pool_min_size <= pool_max_size or pool_max_size < 1:
             raise UsageError(
                 "need 0 <= pool_min_size <= pool_max_size and pool_max_size >= 1, got "
@@ -276,6 +288,7 @@ class PostgresStore:
         self._pool_max_size = pool_max_size
         self._command_timeout_s = command_timeout_s
         self._connect_timeout_s = connect_timeout_s
+        self._application_name = application_name
         self._server = _describe_server(dsn)
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._open_lock = asyncio.Lock()
@@ -333,7 +346,7 @@ class PostgresStore:
                     # database's default.
                     "default_transaction_isolation": "read committed",
                     # Lets operators find mainspring's sessions in pg_stat_activity.
-                    "application_name": "mainspring",
+                    "application_name": self._application_name,
                 },
                 reset=_keep_session,
             )
