@@ -210,7 +210,8 @@ async def test_an_append_waiting_behind_a_lease_renewal_commits_on_the_renewed_r
 ) -> None:
     """The stream row changes (same epoch) while the append waits for its lock: the append
     must decide and write on the new row version."""
-    store = make_store()
+    name = f"mainspring-waiter-{os.getpid()}"
+    store = make_store(application_name=name)
     await store.open()
     lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
     renewal = admin.transaction()
@@ -219,7 +220,7 @@ async def test_an_append_waiting_behind_a_lease_renewal_commits_on_the_renewed_r
         "UPDATE streams SET lease_expires_ms = lease_expires_ms + 1 WHERE stream_id = 'acct/a'"
     )
     append = asyncio.create_task(store.append_batch([request("acct/a", lease.epoch, 0, 2)]))
-    await wait_for_lock_waiter(admin)
+    await wait_for_lock_waiter(admin, name)
     await renewal.commit()
     assert await append == [None]
     head = await store.read_head("acct/a")
@@ -231,14 +232,15 @@ async def test_an_append_waiting_behind_a_lease_renewal_commits_on_the_renewed_r
 async def test_an_append_waiting_behind_a_takeover_is_fenced(
     make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
 ) -> None:
-    store = make_store()
+    name = f"mainspring-waiter-{os.getpid()}"
+    store = make_store(application_name=name)
     await store.open()
     lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
     takeover = admin.transaction()
     await takeover.start()
     await admin.execute("UPDATE streams SET epoch = epoch + 1 WHERE stream_id = 'acct/a'")
     append = asyncio.create_task(store.append_batch([request("acct/a", lease.epoch, 0)]))
-    await wait_for_lock_waiter(admin)
+    await wait_for_lock_waiter(admin, name)
     await takeover.commit()
     [result] = await append
     assert isinstance(result, Fenced)
