@@ -66,11 +66,15 @@ def accounts_scenario(kind: str) -> Callable[[World], Awaitable[dict[str, Any]]]
     return scenario
 
 
-def crash_restart_scenario(kind: str, deposits: int = 20, accounts: int = 3):
+def crash_restart_scenario(
+    kind: str, deposits: int = 20, accounts: int = 3
+) -> Callable[[World], Awaitable[dict[str, Any]]]:
     """Asks in flight when the node crashes; a restart on the same store; then the checks.
 
-    Returns what the tests assert on: acknowledged deposits per account, the logged deposits
-    and sequences per stream, and counts of lost and acknowledged asks.
+    Asks time out (lost) or are refused (sent after the crash); after the restart the client
+    retries them with the same message ids. Returns what the tests assert on: acknowledged
+    deposits per account (retries included), the logged deposits and sequences per stream, and
+    counts of lost, refused and acknowledged-before-the-crash asks.
     """
 
     async def scenario(world: World) -> dict[str, Any]:
@@ -114,28 +118,47 @@ def crash_restart_scenario(kind: str, deposits: int = 20, accounts: int = 3):
         world.crash("n1")
         await asyncio.gather(*tasks)
         await world.restart("n1")
+        codec = world.node("n1").codec
+
+        async def logged_deposits(account: str) -> tuple[list[int], list[int]]:
+            events = await store.read_events(f"{Account.type_name}/{account}", 0, 100_000)
+            amounts = []
+            for event in events:
+                decoded = codec.decode(event.type_name, event.type_version, event.payload)
+                assert isinstance(decoded, Deposited)
+                amounts.append(decoded.amount_cents)
+            return amounts, [event.seq for event in events]
+
+        acked_before_restart = {account: list(acked) for account, acked in acknowledged.items()}
+        logged_before_restart = {
+            account: (await logged_deposits(account))[0] for account in acknowledged
+        }
+        # A client retries what it got no answer for, with the same message id: the deposits
+        # that committed before the crash are deduplicated, the others are applied now.
+        retried: list[str] = []
+        for message_id in lost + refused:
+            account, amount = message_id.split(":")
+            await world.ask(
+                "n1", Account, account, Deposit(int(amount)), message_id=message_id, timeout_s=5.0
+            )
+            acknowledged[account].append(int(amount))
+            retried.append(message_id)
         logged: dict[str, list[int]] = {}
         seqs: dict[str, list[int]] = {}
         for account in acknowledged:
             balance = await world.ask("n1", Account, account, GetBalance(), timeout_s=5.0)
-            stream = f"{Account.type_name}/{account}"
-            events = await store.read_events(stream, 0, 100_000)
-            seqs[account] = [event.seq for event in events]
-            logged[account] = []
-            for event in events:
-                decoded = world.node("n1").codec.decode(
-                    event.type_name, event.type_version, event.payload
-                )
-                assert isinstance(decoded, Deposited)
-                logged[account].append(decoded.amount_cents)
+            logged[account], seqs[account] = await logged_deposits(account)
             assert balance == sum(logged[account]), (account, balance, logged[account])
         return {
+            "acked_before_restart": acked_before_restart,
+            "logged_before_restart": logged_before_restart,
             "acknowledged": acknowledged,
             "logged": logged,
             "seqs": seqs,
             "lost": len(lost),
             "refused": len(refused),
-            "acked": sum(len(amounts) for amounts in acknowledged.values()),
+            "acked": sum(len(amounts) for amounts in acknowledged.values()) - len(retried),
+            "deposits": deposits * accounts,
         }
 
     return scenario

@@ -371,8 +371,12 @@ def run_simulation(
         loop.trace("run.start", f"seed={seed} perturb={perturb}")
         try:
             value = await scenario(world)
-        finally:
+        except GeneratorExit:
+            raise  # the loop is closing after a deadlock: nothing may be awaited any more
+        except BaseException:
             await world._teardown()
+            raise
+        await world._teardown()
         loop.trace("run.end")
         return value
 
