@@ -44,3 +44,13 @@ def test_a_crash_under_load_loses_no_acknowledged_deposit_and_retries_apply_once
     assert lost_seen > 0
     assert acked_seen > 0
     assert ambiguous_seen > 0
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_the_scenarios_hold_under_a_perturbed_schedule(seed: int) -> None:
+    accounts = run_simulation(seed, accounts_scenario("sqlite"), perturb=True)
+    assert accounts.value["balances"] == {"alice": 7_570, "bob": 3_000}
+    crashed = run_simulation(seed, crash_restart_scenario("memory"), perturb=True).value
+    for account, acknowledged in crashed["acknowledged"].items():
+        assert sorted(acknowledged) == sorted(crashed["logged"][account])
+        assert crashed["seqs"][account] == list(range(1, len(acknowledged) + 1))
