@@ -256,6 +256,24 @@ def test_timers_due_at_one_instant_fire_in_scheduling_order() -> None:
     assert run_simulation(0, scenario).value == list(range(10))
 
 
+def test_a_timeout_due_now_fires_while_a_task_spins_on_sleep_zero() -> None:
+    async def scenario(world: World) -> int:
+        spins = 0
+
+        async def spin() -> None:
+            nonlocal spins
+            async with asyncio.timeout(0):
+                while True:
+                    spins += 1
+                    await asyncio.sleep(0)
+
+        with pytest.raises(TimeoutError):
+            await spin()
+        return spins
+
+    assert run_simulation(0, scenario, max_steps=1_000).value < 10
+
+
 def test_the_loop_refuses_to_run_inside_another_loop() -> None:
     async def inside() -> None:
         loop = SimLoop()

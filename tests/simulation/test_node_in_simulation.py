@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from mainspring.simulations import run_simulation
-from tests.simulation.scenarios import accounts_scenario, crash_restart_scenario
+from mainspring.simulations import Deadlock, World, run_simulation
+from tests.simulation.scenarios import SIM_CONFIG, accounts_scenario, crash_restart_scenario
+from tests.support.accounts import Account, Deposit
 
 STORES = ["memory", "sqlite"]
 THIRTY_ONE_DAYS_S = 31 * 24 * 3600
@@ -25,7 +28,9 @@ def test_accounts_with_transfer_and_a_reminder_a_month_ahead(kind: str) -> None:
 def test_a_crash_under_load_loses_no_acknowledged_deposit_and_retries_apply_once(kind: str) -> None:
     lost_seen = acked_seen = ambiguous_seen = 0
     for seed in range(10):
-        value = run_simulation(seed, crash_restart_scenario(kind)).value
+        result = run_simulation(seed, crash_restart_scenario(kind))
+        assert result.unhandled_errors == ()
+        value = result.value
         for account, acknowledged in value["acknowledged"].items():
             # What was acknowledged before the crash survived it.
             before = value["logged_before_restart"][account]
@@ -54,3 +59,19 @@ def test_the_scenarios_hold_under_a_perturbed_schedule(seed: int) -> None:
     for account, acknowledged in crashed["acknowledged"].items():
         assert sorted(acknowledged) == sorted(crashed["logged"][account])
         assert crashed["seqs"][account] == list(range(1, len(acknowledged) + 1))
+
+
+def test_an_ask_without_timeout_to_a_crashed_node_is_reported_as_a_deadlock() -> None:
+    async def scenario(world: World) -> None:
+        await world.start_node("n1", [Account], world.memory_store(), config=SIM_CONFIG)
+        reply = asyncio.create_task(
+            world.ask("n1", Account, "alice", Deposit(100)), name="client-ask"
+        )
+        await asyncio.sleep(0)  # the request is handed to the node...
+        world.crash("n1")  # ...which dies before it runs
+        await reply
+
+    with pytest.raises(Deadlock) as raised:
+        run_simulation(0, scenario)
+    assert any(line.startswith("client-ask [world]") for line in raised.value.blocked)
+    assert not any("[n1]" in line for line in raised.value.blocked)  # parked, not blocked

@@ -220,7 +220,7 @@ def _escape(call: str) -> Callable[..., NoReturn]:
 
 def _awaiting(task: asyncio.Task[Any]) -> str:
     """What ``task`` waits on: the chain of coroutines from the task down to the awaited
-    object, e.g. ``worker() line 12 -> Event.wait() line 207 -> <future>``."""
+    object, e.g. ``worker() line 12 -> Event.wait() line 207 -> <a future>``."""
     parts: list[str] = []
     awaited: Any = task.get_coro()
     for _ in range(64):  # a bound, in case of a cycle
@@ -238,7 +238,9 @@ def _awaiting(task: asyncio.Task[Any]) -> str:
             break
         awaited = nested
     if awaited is not None:
-        parts.append(f"<{type(awaited).__name__}>")
+        # Future.__await__ is a C iterator that does not expose its future: name it plainly.
+        kind = type(awaited).__name__
+        parts.append("<a future>" if kind == "FutureIter" else f"<{kind}>")
     return " -> ".join(parts) if parts else "<not started>"
 
 
@@ -428,6 +430,11 @@ class SimLoop(asyncio.AbstractEventLoop):
             False when there was nothing to run: no ready callback and no pending timer.
         """
         while True:
+            timers = self._timers
+            if timers and timers[0][0] <= self._now_ns:
+                # Due timers join the ready queue even while it is busy, as in asyncio's own
+                # loop: a task spinning on sleep(0) must not starve a timeout due now.
+                self._move_due_timers()
             if not self._ready and not self._advance():
                 return False
             handle = self._pop_ready()
@@ -565,7 +572,7 @@ class SimLoop(asyncio.AbstractEventLoop):
         else:
             self._live[sim_id] = task
             task.add_done_callback(self._on_task_done, context=task_context)
-        self.trace("task.start", task_name, node=tag)
+        self.trace("task.start", task_name, node=_node_name(tag))
         return task
 
     def _on_task_done(self, task: asyncio.Future[Any]) -> None:
@@ -577,7 +584,7 @@ class SimLoop(asyncio.AbstractEventLoop):
             outcome = f"raised {type(task.exception()).__name__}"
         else:
             outcome = "returned"
-        self.trace("task.done", f"{task.get_name()} {outcome}", node=task.sim_tag)
+        self.trace("task.done", f"{task.get_name()} {outcome}", node=_node_name(task.sim_tag))
 
     def set_task_factory(self, factory: Any) -> None:
         """Not supported: the loop's own task class is what makes runs reproducible."""

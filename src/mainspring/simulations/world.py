@@ -381,7 +381,7 @@ def run_simulation(
         return value
 
     try:
-        value = loop.run_until_complete(main())
+        value = loop.run_until_complete(loop.create_task(main(), name="scenario"))
         if loop.escapes:
             raise loop.escapes[0]
         return SimulationResult(
