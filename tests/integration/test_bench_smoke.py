@@ -1,0 +1,51 @@
+"""The benchmark scripts run end to end on tiny inputs and print the figures they promise.
+
+Only the shape of the output is checked: how fast anything ran is not a test's business.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+pytestmark = pytest.mark.slow
+
+
+def run_bench(script: str, *arguments: str) -> dict[str, object]:
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / script), "--store", "sqlite", "--json", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.strip().splitlines()
+    assert len(lines) == 1, completed.stdout
+    result = json.loads(lines[0])
+    assert isinstance(result, dict)
+    return result
+
+
+def test_journal_bench_prints_its_figures() -> None:
+    result = run_bench("journal.py", "--actors", "10", "--commands", "5")
+    for key in ("events_per_s", "raw_events_per_s", "ratio", "p50_ms", "p99_ms"):
+        assert isinstance(result[key], int | float), key
+    assert result["store"] == "sqlite"
+    assert result["actors"] == 10
+    assert result["commands"] == 5
+    assert result["events"] == 50
+
+
+def test_hydrate_bench_prints_its_figures() -> None:
+    result = run_bench("hydrate.py", "--events", "200", "--repeat", "2")
+    for key in ("snapshot_activation_ms", "full_replay_activation_ms", "replay_events_per_s"):
+        assert isinstance(result[key], int | float), key
+    assert result["store"] == "sqlite"
+    assert result["events"] == 200
