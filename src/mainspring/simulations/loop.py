@@ -637,10 +637,15 @@ class SimLoop(asyncio.AbstractEventLoop):
                 kept_timers.append(entry)
         heapq.heapify(kept_timers)
         self._timers = kept_timers
-        parked = [task for task in self.live_tasks() if task.sim_tag is tag]
-        for task in parked:
+        parked = []
+        for task in self.live_tasks():
+            if task.sim_tag is not tag:
+                continue
             del self._live[task.sim_id]
-            self._graveyard.append(task)
+            # A task can be done with its done callback (which forgets it) still queued.
+            if not task.done():
+                self._graveyard.append(task)
+                parked.append(task)
         self.trace("node.crash", f"{tag} parked {len(parked)} tasks", node=tag)
         return len(parked)
 
