@@ -229,17 +229,22 @@ class Activation:
                 self.dedupe[record.message_id] = record.reply
         self.hydrated = True
         if rewrite_snapshot:
-            await self._commit(
-                AppendRequest(
-                    stream_id=self.stream_id,
-                    epoch=self.epoch,
-                    expected_seq=self.seq,
-                    events=(),
-                    recorded_at_ms=host.clock.wall_ms(),
-                    snapshot=self._snapshot_of(self.state, self.seq),
-                )
+            await self._write_snapshot()
+
+    async def _write_snapshot(self) -> None:
+        """Commit a snapshot of the current state at the current head (no events): an append,
+        so it is fenced like any other write."""
+        await self._commit(
+            AppendRequest(
+                stream_id=self.stream_id,
+                epoch=self.epoch,
+                expected_seq=self.seq,
+                events=(),
+                recorded_at_ms=self.host.clock.wall_ms(),
+                snapshot=self._snapshot_of(self.state, self.seq),
             )
-            self.snapshot_seq = self.seq
+        )
+        self.snapshot_seq = self.seq
 
     def _snapshot_of(self, state: Any, seq: int) -> Snapshot:
         self.host.statistics.snapshots_written += 1
@@ -299,16 +304,7 @@ class Activation:
         host.statistics.passivations += 1
         try:
             if host.config.snapshot_on_passivate and self.seq > self.snapshot_seq:
-                await self._commit(
-                    AppendRequest(
-                        stream_id=self.stream_id,
-                        epoch=self.epoch,
-                        expected_seq=self.seq,
-                        events=(),
-                        recorded_at_ms=host.clock.wall_ms(),
-                        snapshot=self._snapshot_of(self.state, self.seq),
-                    )
-                )
+                await self._write_snapshot()
             await host.store.release_leases(host.node_id, [(self.stream_id, self.epoch)])
         except (Fenced, ConcurrencyConflict, StoreUnavailable, NodeClosed) as error:
             # A newer activation already exists, or the store is away: the lease simply expires.
