@@ -36,6 +36,8 @@ class NodeConfig:
             ``Overloaded``.
         handler_batch_max: the most messages an actor handles before one commit.
         journal_batch_max: the most actors' appends in one store transaction.
+        journal_commits_in_flight_max: the most store transactions in flight at once (over
+            disjoint actors), so handling new messages overlaps committing earlier ones.
         timer_poll_interval_s: how often due reminders are scanned for (they are also woken
             directly when set on this node).
         outbox_poll_interval_s: how often undelivered outbox messages are scanned for.
@@ -51,7 +53,8 @@ class NodeConfig:
     live_actors_max: int = attrs.field(default=100_000, validator=_positive_int)
     mailbox_messages_max: int = attrs.field(default=1_000, validator=_positive_int)
     handler_batch_max: int = attrs.field(default=64, validator=_positive_int)
-    journal_batch_max: int = attrs.field(default=1_000, validator=_positive_int)
+    journal_batch_max: int = attrs.field(default=250, validator=_positive_int)
+    journal_commits_in_flight_max: int = attrs.field(default=2, validator=_positive_int)
     timer_poll_interval_s: float = attrs.field(default=1.0, validator=_positive)
     outbox_poll_interval_s: float = attrs.field(default=1.0, validator=_positive)
     outbox_retry_interval_s: float = attrs.field(default=1.0, validator=_positive)

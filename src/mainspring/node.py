@@ -109,7 +109,10 @@ class Node:
         self.codec: Final = codec or registry
         self.store: Final = store
         self.journal: Final = Journal(
-            store, self.clock, batch_requests_max=self.config.journal_batch_max
+            store,
+            self.clock,
+            batch_requests_max=self.config.journal_batch_max,
+            commits_in_flight_max=self.config.journal_commits_in_flight_max,
         )
         self.host: Final = ActorHost(
             node_id, store, self.journal, actors, self.config, self.clock, self.codec

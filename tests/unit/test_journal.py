@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -95,3 +96,61 @@ async def test_a_closed_journal_refuses_appends() -> None:
     await journal.close()
     with pytest.raises(NodeClosed):
         await journal.append(one_event("s/0", 1, 0))
+
+
+class GatedStore(MemoryStore):  # type: ignore[misc]
+    """Holds every append batch until the test opens the gate, recording what is in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.in_flight: list[list[str]] = []
+        self.in_flight_max = 0
+
+    async def append_batch(self, requests: Any) -> list[BaseException | None]:
+        streams = [request.stream_id for request in requests]
+        self.in_flight.append(streams)
+        self.in_flight_max = max(self.in_flight_max, len(self.in_flight))
+        # Paired with the journal's rule: no stream is in two transactions at once.
+        flat = [stream for batch in self.in_flight for stream in batch]
+        assert len(flat) == len(set(flat)), self.in_flight
+        await self.gate.wait()
+        self.in_flight.remove(streams)
+        return await super().append_batch(requests)
+
+
+async def test_commits_overlap_up_to_the_bound_over_disjoint_streams() -> None:
+    store = GatedStore()
+    await store.open()
+    epochs = await leased(store, 9)
+    journal = Journal(store, SystemClock(), batch_requests_max=3, commits_in_flight_max=2)
+    await journal.start()
+    appends = [
+        asyncio.ensure_future(journal.append(one_event(f"s/{n}", epochs[n], 0))) for n in range(9)
+    ]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert store.in_flight_max == 2
+    assert [len(batch) for batch in store.in_flight] == [3, 3]
+    store.gate.set()
+    await asyncio.gather(*appends)
+    await journal.close()
+    assert journal.statistics.commits == 3
+    assert store.in_flight_max == 2
+
+
+async def test_a_stream_waits_for_its_own_commit_in_flight() -> None:
+    store = GatedStore()
+    await store.open()
+    [epoch] = await leased(store, 1)
+    journal = Journal(store, SystemClock(), commits_in_flight_max=2)
+    await journal.start()
+    first = asyncio.ensure_future(journal.append(one_event("s/0", epoch, 0)))
+    second = asyncio.ensure_future(journal.append(one_event("s/0", epoch, 1)))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert store.in_flight == [["s/0"]]  # the second append is held back, not sent alongside
+    store.gate.set()
+    await asyncio.gather(first, second)
+    await journal.close()
+    assert [e.seq for e in await store.read_events("s/0")] == [1, 2]

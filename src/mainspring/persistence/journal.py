@@ -1,9 +1,13 @@
 """Journal: group commit of many actors' appends over one Store.
 
-Appends that arrive while a commit is in flight wait and go into the next transaction together,
+Appends that arrive while commits are in flight wait and go into the next transaction together,
 so throughput grows with concurrency while each actor still waits for its own commit before it
 replies (durable before acknowledged). Each request keeps its own fencing and sequence check in
 the store, so one actor's conflict never fails another's events.
+
+Up to ``commits_in_flight_max`` transactions run at once, over disjoint sets of streams. With
+two, actors fall into cohorts: while one cohort's transaction commits, the event loop handles
+the next messages of the actors whose commit just finished, instead of waiting in lock-step.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class Journal:
         store: the store to commit to.
         clock: for commit latency statistics only.
         batch_requests_max: the most append requests in one transaction.
+        commits_in_flight_max: the most transactions in flight at once (over disjoint streams).
         pending_requests_max: the most requests waiting for a commit; ``append`` beyond it waits,
             which pushes back on the mailboxes instead of growing memory.
     """
@@ -61,10 +66,13 @@ class Journal:
         clock: Clock,
         *,
         batch_requests_max: int = 1000,
+        commits_in_flight_max: int = 2,
         pending_requests_max: int = 100_000,
     ) -> None:
         if batch_requests_max < 1:
             raise UsageError(f"batch_requests_max must be >= 1, got {batch_requests_max}")
+        if commits_in_flight_max < 1:
+            raise UsageError(f"commits_in_flight_max must be >= 1, got {commits_in_flight_max}")
         if pending_requests_max < batch_requests_max:
             raise UsageError(
                 f"pending_requests_max ({pending_requests_max}) must be >= batch_requests_max "
@@ -73,6 +81,9 @@ class Journal:
         self._store = store
         self._clock = clock
         self._batch_requests_max = batch_requests_max
+        self._commits_in_flight_max = commits_in_flight_max
+        self._commits: set[asyncio.Task[None]] = set()
+        self._streams_in_flight: set[str] = set()
         self._pending: deque[_Pending] = deque()
         self._space = asyncio.Semaphore(pending_requests_max)
         self._wakeup = asyncio.Event()
@@ -93,6 +104,8 @@ class Journal:
             await self._task
             self._task = None
         assert not self._pending, "journal closed with pending appends"
+        assert not self._commits, "journal closed with commits in flight"
+        assert not self._streams_in_flight
 
     async def append(self, request: AppendRequest) -> None:
         """Append ``request`` in the next group commit and wait until it is durable.
@@ -115,9 +128,10 @@ class Journal:
             self._space.release()
 
     def _take_batch(self) -> list[_Pending]:
-        """Up to ``batch_requests_max`` pending requests with distinct streams, in order."""
+        """Up to ``batch_requests_max`` pending requests with distinct streams, none of them in
+        a transaction already in flight, in order."""
         batch: list[_Pending] = []
-        streams: set[str] = set()
+        streams = self._streams_in_flight
         held_back: list[_Pending] = []
         while self._pending and len(batch) < self._batch_requests_max:
             pending = self._pending.popleft()
@@ -133,17 +147,31 @@ class Journal:
 
     async def _run(self) -> None:
         while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            batch = self._take_batch()
-            assert batch
-            await self._commit(batch)
+            if self._pending and len(self._commits) < self._commits_in_flight_max:
+                batch = self._take_batch()
+                if batch:
+                    commit = asyncio.create_task(self._commit(batch), name="mainspring-commit")
+                    self._commits.add(commit)
+                    commit.add_done_callback(self._commit_finished)
+                    continue
+            if self._closing and not self._pending and not self._commits:
+                return
+            # Woken by a new append or by a finished commit (which frees streams and a slot).
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def _commit_finished(self, commit: asyncio.Task[None]) -> None:
+        self._commits.discard(commit)
+        self._wakeup.set()
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            await self._commit_batch(batch)
+        finally:
+            for pending in batch:
+                self._streams_in_flight.discard(pending.request.stream_id)
+
+    async def _commit_batch(self, batch: list[_Pending]) -> None:
         started = self._clock.monotonic_s()
         try:
             results = await self._store.append_batch([pending.request for pending in batch])
