@@ -53,7 +53,7 @@ class NodeConfig:
     live_actors_max: int = attrs.field(default=100_000, validator=_positive_int)
     mailbox_messages_max: int = attrs.field(default=1_000, validator=_positive_int)
     handler_batch_max: int = attrs.field(default=64, validator=_positive_int)
-    journal_batch_max: int = attrs.field(default=250, validator=_positive_int)
+    journal_batch_max: int = attrs.field(default=500, validator=_positive_int)
     journal_commits_in_flight_max: int = attrs.field(default=2, validator=_positive_int)
     timer_poll_interval_s: float = attrs.field(default=1.0, validator=_positive)
     outbox_poll_interval_s: float = attrs.field(default=1.0, validator=_positive)
