@@ -453,3 +453,23 @@ async def test_a_message_that_only_sends_is_deduplicated(store_factory: Any) -> 
         assert [r.message_id for r in await node.store.read_dedupe("test-forwarder/f", 5)] == [
             "fwd-1"
         ]
+
+
+async def test_an_actor_without_a_dedupe_window_records_no_ids(store_factory: Any) -> None:
+    class Forgetful(mainspring.Actor[AccountState]):
+        type_name = "test-forgetful"
+        initial_state = AccountState()
+        dedupe_window = 0
+
+        @handler(Deposit)
+        def deposit(self, ctx: ActorContext[AccountState], message: Deposit) -> int:
+            ctx.emit(Deposited(message.amount_cents))
+            return ctx.state.balance_cents
+
+        def evolve(self, state: AccountState, event: Any) -> AccountState:
+            return AccountState(state.balance_cents + event.amount_cents, state.operations + 1)
+
+    async with Node("node-1", store=store_factory(), actors=[Forgetful], config=FAST) as node:
+        assert await node.ask(Forgetful, "f", Deposit(2), message_id="m") == 2
+        assert await node.ask(Forgetful, "f", Deposit(2), message_id="m") == 4  # not deduplicated
+        assert await node.store.read_dedupe("test-forgetful/f", 10) == []

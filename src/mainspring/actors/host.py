@@ -350,7 +350,9 @@ class Activation:
                     reply = await reply
                 encoded_reply = (
                     host.codec.dumps_any(reply)
-                    if message_id is not None and context.wrote_anything
+                    if message_id is not None
+                    and context.wrote_anything
+                    and self.actor_cls.dedupe_window > 0
                     else None
                 )
             except Exception as error:
