@@ -5,7 +5,27 @@ See ``docs/simulation.md``. ``run_simulation(seed, scenario)`` is the entry poin
 
 from __future__ import annotations
 
+from mainspring.simulations.checkers import (
+    Checker,
+    InvariantViolation,
+    StoreContents,
+    capture,
+    check_gapless,
+    check_no_acknowledged_event_lost,
+    check_no_message_applied_twice,
+    check_no_stale_epoch_commit,
+    check_replay_equals_memory,
+    run_checks,
+)
 from mainspring.simulations.clock import EPOCH_MS, SimClock, SimIds, SimRandom
+from mainspring.simulations.faults import (
+    Acknowledgement,
+    AppendRecord,
+    FaultyStore,
+    LeaseGrant,
+    StoreFaults,
+    StoreHistory,
+)
 from mainspring.simulations.loop import (
     Deadlock,
     NodeTag,
@@ -18,7 +38,13 @@ from mainspring.simulations.world import NodeDown, SimulationResult, World, run_
 
 __all__ = [
     "EPOCH_MS",
+    "Acknowledgement",
+    "AppendRecord",
+    "Checker",
     "Deadlock",
+    "FaultyStore",
+    "InvariantViolation",
+    "LeaseGrant",
     "NodeDown",
     "NodeTag",
     "SimClock",
@@ -29,6 +55,16 @@ __all__ = [
     "SimulationEscape",
     "SimulationResult",
     "SimulationStuck",
+    "StoreContents",
+    "StoreFaults",
+    "StoreHistory",
     "World",
+    "capture",
+    "check_gapless",
+    "check_no_acknowledged_event_lost",
+    "check_no_message_applied_twice",
+    "check_no_stale_epoch_commit",
+    "check_replay_equals_memory",
+    "run_checks",
     "run_simulation",
 ]

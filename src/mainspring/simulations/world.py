@@ -28,12 +28,14 @@ from mainspring.persistence.memory import MemoryStore
 from mainspring.persistence.sqlite import InlineRunner, SqliteStore
 from mainspring.persistence.store import Store
 from mainspring.simulations.clock import SimClock, SimIds, SimRandom
+from mainspring.simulations.faults import NO_FAULTS, FaultyStore, StoreFaults, StoreHistory
 from mainspring.simulations.loop import (
     NodeTag,
     SimLoop,
     SimulationError,
     node_context,
 )
+from mainspring.simulations.seeds import substream
 
 __all__ = ["NodeDown", "SimulationResult", "World", "run_simulation"]
 
@@ -105,6 +107,7 @@ class World:
         self.random: Final = SimRandom(seed, "world")
         self._nodes: dict[str, _SimNode] = {}
         self._stores: list[Store] = []
+        self._faulty: list[FaultyStore] = []
 
     # Time and trace ---------------------------------------------------------------------------
 
@@ -138,6 +141,42 @@ class World:
         """A new ``MemoryStore``."""
         return MemoryStore()
 
+    def faulty_store(
+        self,
+        inner: Store,
+        profile: StoreFaults = NO_FAULTS,
+        *,
+        label: str = "store",
+        node_profiles: dict[str, StoreFaults] | None = None,
+    ) -> FaultyStore:
+        """Wrap ``inner`` in a ``FaultyStore`` whose decisions come from this run's seed.
+
+        The world remembers it: ``checkers.run_checks(world)`` checks every such store.
+
+        Args:
+            inner: the store that keeps the data (``memory_store()``, ``sqlite_store()``, ...).
+            profile: the fault rates (none by default: the wrapper then only records history).
+            label: names the wrapper's PRNG stream; give each wrapper of one run its own.
+            node_profiles: per-node fault rates that override ``profile`` for those nodes.
+        """
+        if any(store.label == label for store in self._faulty):
+            raise SimulationError(f"a faulty store labelled {label!r} exists in this run")
+        store = FaultyStore(
+            inner,
+            substream(self.seed, "store-faults", label),
+            profile,
+            history=StoreHistory(),
+            node_profiles=node_profiles,
+            label=label,
+        )
+        self._faulty.append(store)
+        return store
+
+    @property
+    def faulty_stores(self) -> tuple[FaultyStore, ...]:
+        """The stores made by ``faulty_store``, in creation order."""
+        return tuple(self._faulty)
+
     # Nodes ------------------------------------------------------------------------------------
 
     def node(self, name: str) -> Node:
@@ -151,6 +190,14 @@ class World:
             state = "unknown" if entry is None else entry.state
             raise NodeDown(f"node {name!r} is not running ({state})")
         return entry.node
+
+    def running_nodes(self) -> list[tuple[str, Node]]:
+        """``(name, node)`` of every running node, in the order they were first started."""
+        return [
+            (name, entry.node)
+            for name, entry in self._nodes.items()
+            if entry.node is not None and entry.state == "running"
+        ]
 
     def clock(self, name: str) -> SimClock:
         """The clock of node ``name`` (it survives restarts, like a machine's clock)."""
