@@ -18,7 +18,7 @@ import attrs
 from mainspring.actors.actor import Actor
 from mainspring.node import Node
 from mainspring.persistence.store import LeaseRecord, Store, StoredEvent, StreamHead
-from mainspring.simulations.faults import AppendRecord, StoreHistory
+from mainspring.simulations.faults import AppendRecord, LeaseGrant, StoreHistory
 from mainspring.simulations.loop import SimulationError
 
 if TYPE_CHECKING:
@@ -113,9 +113,10 @@ def check_no_stale_epoch_commit(contents: StoreContents, history: StoreHistory) 
     * At most one owner per ``(stream, epoch)``, both in the store's lease history and in the
       grants the wrapper saw.
     * Event epochs never decrease along a stream's seqs, and none exceeds the stream's epoch.
-    * Every committed append carried the newest epoch granted before it (in history order),
-      was issued by the node that epoch was granted to, and its events are stored under the
-      epoch it carried (a store that rewrites epochs hides the first check from the log alone).
+    * Every committed append carried at least the newest epoch granted before it was handed to
+      the store (in history order), was issued by the node that epoch was granted to, and its
+      events are stored under the epoch it carried (a store that rewrites epochs hides the
+      first check from the log alone).
     """
     invariant = "no stale-epoch commit"
     for stream_id, records in contents.lease_history.items():
@@ -153,24 +154,25 @@ def check_no_stale_epoch_commit(contents: StoreContents, history: StoreHistory) 
                     f"{previous.seq} with epoch {previous.epoch}",
                 )
             previous = event
-    newest: dict[str, tuple[int, str]] = {}  # stream -> (epoch, what granted it)
-    timeline: list[tuple[int, str, Any]] = [(g.index, "lease", g) for g in history.leases]
-    timeline += [(a.index, "append", a) for a in history.appends]
-    for _, kind, item in sorted(timeline, key=lambda entry: entry[0]):
-        if kind == "lease":
-            current = newest.get(item.stream_id)
-            if current is None or item.epoch > current[0]:
-                newest[item.stream_id] = (item.epoch, item.describe())
-            continue
-        append: AppendRecord = item
+    grants_by_stream: dict[str, list[LeaseGrant]] = defaultdict(list)
+    for grant in history.leases:
+        grants_by_stream[grant.stream_id].append(grant)
+    for append in history.appends:
         if append.committed is False:
             continue
-        current = newest.get(append.stream_id)
-        if append.committed and current is not None and append.epoch < current[0]:
+        # Only a grant that completed before the append was handed to the store certainly
+        # preceded its commit; one that completed while the store was busy may not have.
+        earlier = [
+            grant
+            for grant in grants_by_stream.get(append.stream_id, [])
+            if grant.index < append.invoked_index
+        ]
+        newest = max(earlier, key=lambda grant: grant.epoch, default=None)
+        if append.committed and newest is not None and append.epoch < newest.epoch:
             raise _violation(
                 invariant,
                 f"{append.stream_id}: {append.describe()} was committed under epoch "
-                f"{append.epoch} after {current[1]}: a deposed owner wrote",
+                f"{append.epoch} after {newest.describe()}: a deposed owner wrote",
             )
         owner = granted.get((append.stream_id, append.epoch))
         node_name = append.node.partition("#")[0]

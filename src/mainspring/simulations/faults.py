@@ -117,7 +117,11 @@ class AppendRecord:
     """One request of an ``append_batch`` call, as the ghost state saw it.
 
     Attributes:
-        index: position in the history (appends and lease grants share one counter).
+        index: position in the history when the wrapped store answered (appends and lease
+            grants share one counter).
+        invoked_index: position in the history when the request was handed to the wrapped
+            store. What completed before it certainly happened before the commit, whatever a
+            store that suspends mid-call lets run meanwhile.
         virtual_ns: the loop's virtual time when the wrapped store answered (or was skipped).
         node: the node incarnation that issued it (``"n1#0"``), or ``"world"``.
         stream_id: the request's stream.
@@ -129,6 +133,7 @@ class AppendRecord:
     """
 
     index: int
+    invoked_index: int
     virtual_ns: int
     node: str
     stream_id: str
@@ -397,13 +402,15 @@ class FaultyStore:
         try:
             fault = await self._write_prologue("append_batch")
         except StoreUnavailable:
-            self._record(requests, None, "error", committed=False)
+            self._record(requests, self.history.next_index(), None, "error", committed=False)
             raise
+        invoked = self.history.next_index()
         try:
             results = await self.inner.append_batch(requests)
         except StoreUnavailable as error:
             self._record(
                 requests,
+                invoked,
                 None,
                 "ambiguous" if error.ambiguous else "error",
                 committed=None if error.ambiguous else False,
@@ -411,14 +418,15 @@ class FaultyStore:
             raise
         assert len(results) == len(requests), (len(results), len(requests))
         if fault == "lost_ack":
-            self._record(requests, results, "ambiguous", committed=None)
+            self._record(requests, invoked, results, "ambiguous", committed=None)
             raise self._lose_ack("append_batch")
-        self._record(requests, results, None, committed=None)
+        self._record(requests, invoked, results, None, committed=None)
         return results
 
     def _record(
         self,
         requests: Sequence[AppendRequest],
+        invoked: int,
         results: Sequence[AppendResult] | None,
         told: AppendOutcome | None,
         *,
@@ -432,6 +440,7 @@ class FaultyStore:
             self.history.appends.append(
                 AppendRecord(
                     index=self.history.next_index(),
+                    invoked_index=invoked,
                     virtual_ns=now_ns,
                     node=node,
                     stream_id=request.stream_id,
