@@ -218,3 +218,76 @@ def duplicate_scenario(
         return {"retried_seq": retried}
 
     return scenario
+
+
+def two_nodes_under_faults(
+    profile: StoreFaults, *, tokens: int = 40, ledgers: int = 2
+) -> Callable[[World], Awaitable[dict[str, int]]]:
+    """Two nodes serve the same ledgers over one faulty store while a nemesis crashes them and
+    jumps their clocks past the lease TTL (so one steals the other's leases and the deposed
+    owner becomes a zombie); clients send each attempt to a node picked at random. Then the
+    faults heal, every token is retried until acknowledged, and every checker runs.
+
+    Returns how many appends the callers were told ended each way (``ok``, ``fenced``, ...).
+    """
+    nodes = ("a", "b")
+
+    async def scenario(world: World) -> dict[str, int]:
+        store = world.faulty_store(world.memory_store(), profile)
+        world.record("faults", profile.describe())
+        for name in nodes:
+            await world.start_node(name, [Ledger], store, config=SIM_CONFIG)
+        work = [(f"l{index % ledgers}", f"t{index}") for index in range(tokens)]
+        acknowledged: set[str] = set()
+
+        def any_node() -> str:
+            return nodes[world.random.randint(0, len(nodes) - 1)]
+
+        async def client(ledger: str, token: str, start_s: float) -> None:
+            await asyncio.sleep(start_s)
+            for attempt in range(SAFETY_ATTEMPTS + 1):
+                if await add_once(world, store, any_node(), ledger, token) is not None:
+                    acknowledged.add(token)
+                    return
+                await asyncio.sleep(0.05 * (attempt + 1))
+
+        async def nemesis() -> None:
+            for _ in range(world.random.randint(1, 4)):
+                await world.sleep(world.random.randint(1, 300) / 1000)
+                victim = any_node()
+                if world.random.chance(0.5):
+                    skew_ms = SIM_CONFIG.lease_ttl_ms + world.random.randint(1, 5_000)
+                    world.clock(victim).jump(skew_ms)
+                else:
+                    world.crash(victim)
+                    await world.sleep(world.random.randint(0, 100) / 1000)
+                    await world.restart(victim)
+
+        clients = [
+            asyncio.create_task(client(ledger, token, world.random.randint(0, 400) / 1000))
+            for ledger, token in work
+        ]
+        await nemesis()
+        await asyncio.gather(*clients)
+
+        store.faults_enabled = False
+        world.record("faults.healed")
+        for ledger, token in work:
+            for attempt in range(LIVENESS_ATTEMPTS):
+                if token in acknowledged:
+                    break
+                # Alternate nodes: one may keep refusing with LeaseHeld until the lease expires.
+                node = nodes[attempt % len(nodes)]
+                if await add_once(world, store, node, ledger, token) is not None:
+                    acknowledged.add(token)
+                    break
+                await asyncio.sleep(0.1 * (1 + attempt % 5))
+            else:
+                raise InvariantViolation(f"no liveness: {ledger}:{token} never acknowledged")
+        await run_checks(world)
+        outcomes: dict[str, int] = {}
+        for append in store.history.appends:
+            outcomes[append.outcome] = outcomes.get(append.outcome, 0) + 1
+        return outcomes
+
+    return scenario
