@@ -39,6 +39,7 @@ from mainspring.simulations.loop import SimLoop, current_node
 from mainspring.simulations.seeds import Stream
 
 __all__ = [
+    "NO_FAULTS",
     "Acknowledgement",
     "AppendOutcome",
     "AppendRecord",
@@ -110,6 +111,7 @@ class StoreFaults:
 
 
 NO_FAULTS: Final = StoreFaults()
+"""No fault and no delay: a ``FaultyStore`` with this profile only records history."""
 
 
 @attrs.frozen
@@ -531,3 +533,8 @@ class FaultyStore:
         """See ``Store.list_streams``."""
         await self._delay()
         return await self.inner.list_streams()
+
+
+def _is_a_store(store: FaultyStore) -> Store:
+    """Never called: makes mypy prove that ``FaultyStore`` implements the ``Store`` protocol."""
+    return store
