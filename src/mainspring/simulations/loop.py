@@ -715,7 +715,10 @@ class SimLoop(asyncio.AbstractEventLoop):
         if exception is not None:
             message = f"{message}: {type(exception).__name__}: {exception}"
         self.unhandled_errors.append(message)
-        if not self._finalizing:
+        # After close, the garbage collector reports futures of a finished run (typically a
+        # reply that a crashed node's caller never read): the run's outcome is already final,
+        # so logging them would only attribute noise to whatever runs next.
+        if not self._finalizing and not self._closed:
             log.warning("SimLoopUnhandledError", extra={"sim_message": message})
 
     def call_exception_handler(self, context: dict[str, Any]) -> None:
