@@ -1,0 +1,75 @@
+"""The public API is exactly what is listed: a change to it is a deliberate, visible change."""
+
+from __future__ import annotations
+
+import mainspring
+import mainspring.persistence
+
+EXPECTED_TOP_LEVEL = [
+    "Actor",
+    "ActorContext",
+    "Clock",
+    "CodecError",
+    "CommandRejected",
+    "ConcurrencyConflict",
+    "Fenced",
+    "Ids",
+    "LeaseHeld",
+    "MainspringError",
+    "MainspringInternalError",
+    "Node",
+    "NodeClosed",
+    "NodeConfig",
+    "Overloaded",
+    "Random",
+    "Registry",
+    "Reminder",
+    "StoreUnavailable",
+    "UnknownActorType",
+    "UsageError",
+    "event",
+    "handler",
+    "message",
+    "registry",
+    "state",
+]
+
+
+def test_top_level_exports_are_exactly_the_public_api() -> None:
+    assert sorted(mainspring.__all__) == EXPECTED_TOP_LEVEL
+    for name in mainspring.__all__:
+        assert getattr(mainspring, name) is not None, name
+
+
+def test_persistence_exports_every_store() -> None:
+    assert sorted(mainspring.persistence.__all__) == [
+        "AppendRequest",
+        "MemoryStore",
+        "PostgresStore",
+        "SqliteStore",
+        "Store",
+    ]
+
+
+def test_every_public_error_derives_from_mainspring_error() -> None:
+    errors = [
+        getattr(mainspring, name)
+        for name in mainspring.__all__
+        if name.endswith(
+            (
+                "Error",
+                "Rejected",
+                "Conflict",
+                "Fenced",
+                "Held",
+                "Closed",
+                "Overloaded",
+                "Unavailable",
+                "Type",
+            )
+        )
+    ]
+    assert errors
+    for error in errors:
+        assert issubclass(error, mainspring.MainspringError), error
+    assert issubclass(mainspring.UsageError, TypeError)
