@@ -66,14 +66,9 @@ async def load(node: Node, accounts: int, asks: int, random: SeededRandom) -> di
     return counts
 
 
-async def replay(store: SqliteStore, stream_id: str) -> AccountState:
+async def full_replay(store: SqliteStore, stream_id: str) -> AccountState:
     """Rebuild an account from its full log, ignoring snapshots."""
-    state = Account.initial_state
-    account = Account()
-    for stored in await store.read_events(stream_id):
-        event = mainspring.registry.decode(stored.type_name, stored.type_version, stored.payload)
-        state = account.evolve(state, event)
-    return state
+    return mainspring.replay(Account, await store.read_events(stream_id))
 
 
 async def wait_for_outbox(node: Node) -> None:
@@ -122,7 +117,7 @@ async def main(db_path: Path, accounts: int, asks: int) -> int:
         replayed_events = node.statistics()["host"]["events_replayed"]
         elapsed_s = clock.monotonic_s() - started
         mismatches = [
-            name for name in after if after[name] != await replay(store, f"account/{name}")
+            name for name in after if after[name] != await full_replay(store, f"account/{name}")
         ]
         heads = await node.store.list_streams()
     total_events = sum(head.head_seq for head in heads)

@@ -7,6 +7,7 @@ from mainspring.actors.actor import Actor as Actor
 from mainspring.actors.actor import ActorContext as ActorContext
 from mainspring.actors.actor import Reminder as Reminder
 from mainspring.actors.actor import handler as handler
+from mainspring.actors.actor import replay as replay
 from mainspring.codec import Registry as Registry
 from mainspring.codec import event as event
 from mainspring.codec import message as message
@@ -58,5 +59,6 @@ __all__ = [
     "handler",
     "message",
     "registry",
+    "replay",
     "state",
 ]

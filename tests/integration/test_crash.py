@@ -26,7 +26,7 @@ import mainspring
 from mainspring import Node
 from mainspring.persistence.sqlite import SqliteStore
 from mainspring.seams import SeededRandom
-from tests.support.ledger import Add, Added, Ledger, LedgerState
+from tests.support.ledger import Add, Added, Ledger
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 KILL_ROUNDS = 4
@@ -81,14 +81,6 @@ def parse_log(log_path: Path) -> tuple[dict[str, str], dict[str, tuple[str, int]
     return sent, acked
 
 
-def fold(events: list[object]) -> LedgerState:
-    ledger = Ledger()
-    state = Ledger.initial_state
-    for event in events:
-        state = ledger.evolve(state, event)  # type: ignore[arg-type]
-    return state
-
-
 async def test_sigkill_loses_no_acknowledged_event(tmp_path: Path) -> None:
     db_path = tmp_path / "crash.db"
     log_path = tmp_path / "messages.log"
@@ -138,15 +130,14 @@ async def test_sigkill_loses_no_acknowledged_event(tmp_path: Path) -> None:
     store = SqliteStore(str(db_path))
     await store.open()
     for head in await store.list_streams():
-        events = [
-            mainspring.registry.decode(e.type_name, e.type_version, e.payload)
-            for e in await store.read_events(head.stream_id)
+        stored = await store.read_events(head.stream_id)
+        tokens = [
+            mainspring.registry.decode(e.type_name, e.type_version, e.payload).token for e in stored
         ]
-        tokens = [event.token for event in events]
         actor = head.stream_id.split("/", 1)[1]
         assert sorted(tokens) == sorted(by_actor[actor]), head.stream_id
         # Snapshot + tail (what the node hydrated and then built) equals the full log's fold.
-        assert hydrated[head.stream_id] == fold(events), head.stream_id
+        assert hydrated[head.stream_id] == mainspring.replay(Ledger, stored), head.stream_id
     await store.close()
 
 
@@ -161,9 +152,8 @@ async def test_restart_rebuilds_from_snapshot_plus_tail_after_a_kill(tmp_path: P
     expected = {}
     snapshots = 0
     for head in await store.list_streams():
-        events = await store.read_events(head.stream_id)
-        expected[head.stream_id] = fold(
-            [mainspring.registry.decode(e.type_name, e.type_version, e.payload) for e in events]
+        expected[head.stream_id] = mainspring.replay(
+            Ledger, await store.read_events(head.stream_id)
         )
         snapshots += (await store.read_snapshot(head.stream_id)) is not None
     await store.close()

@@ -59,12 +59,7 @@ async def reader_of(store_factory: Any) -> Any:
 
 async def replayed_state(store: Any, stream_id: str) -> AccountState:
     """The state rebuilt from the full event log, independent of any snapshot."""
-    state = Account.initial_state
-    account = Account()
-    for stored in await store.read_events(stream_id):
-        event = mainspring.registry.decode(stored.type_name, stored.type_version, stored.payload)
-        state = account.evolve(state, event)
-    return state
+    return mainspring.replay(Account, await store.read_events(stream_id))
 
 
 async def test_reply_comes_after_the_events_are_durable(store_factory: Any) -> None:

@@ -96,3 +96,26 @@ def test_node_arguments_are_validated() -> None:
         mainspring.Node("n", store=MemoryStore(), actors=[int])  # type: ignore[list-item]
     with pytest.raises(UsageError, match="NodeConfig"):
         mainspring.Node("n", store=MemoryStore(), config={"lease_ttl_s": 1})  # type: ignore[arg-type]
+
+
+def test_replay_folds_a_log_and_refuses_a_gap() -> None:
+    from mainspring.persistence.store import StoredEvent
+    from tests.support.accounts import Account, AccountState, Deposited
+
+    encoded = mainspring.registry.encode(Deposited(5))
+
+    def stored(seq: int) -> StoredEvent:
+        return StoredEvent(
+            "test-account/a",
+            seq,
+            1,
+            encoded.type_name,
+            encoded.type_version,
+            encoded.payload,
+            None,
+            0,
+        )
+
+    assert mainspring.replay(Account, [stored(1), stored(2)]) == AccountState(10, 2)
+    with pytest.raises(AssertionError):
+        mainspring.replay(Account, [stored(1), stored(3)])

@@ -31,6 +31,7 @@ EXPECTED_TOP_LEVEL = [
     "handler",
     "message",
     "registry",
+    "replay",
     "state",
 ]
 

@@ -18,7 +18,7 @@ from typing import Any, Final, final
 
 import attrs
 
-from mainspring.actors.actor import Actor, ActorContext
+from mainspring.actors.actor import Actor, ActorContext, fold_events
 from mainspring.codec import Registry
 from mainspring.config import NodeConfig
 from mainspring.errors import (
@@ -211,12 +211,7 @@ class Activation:
             page = await host.store.read_events(self.stream_id, seq, _REPLAY_PAGE_EVENTS)
             if not page:
                 break
-            for stored in page:
-                # Paired with the store's gapless rule: replay sees exactly seq + 1, seq + 2, ...
-                assert stored.seq == seq + 1, (self.stream_id, stored.seq, seq)
-                event = host.codec.decode(stored.type_name, stored.type_version, stored.payload)
-                state = self.actor.evolve(state, event)
-                seq = stored.seq
+            state, seq = fold_events(self.actor, state, seq, page, host.codec)
             host.statistics.events_replayed += len(page)
         assert seq >= lease.head_seq, (self.stream_id, seq, lease.head_seq)
         self.state = state

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from mainspring.actors.actor import Actor
+from mainspring.actors.actor import Actor, replay
 from mainspring.node import Node
 from mainspring.persistence.store import LeaseRecord, Store, StoredEvent, StreamHead
 from mainspring.simulations.faults import AppendRecord, LeaseGrant, StoreHistory
@@ -278,7 +278,6 @@ def check_replay_equals_memory(
     Returns:
         How many activations were compared.
     """
-    actor = actor_cls()
     compared = 0
     for activation in list(node.host.live.values()):
         if activation.actor_cls is not actor_cls or not activation.hydrated:
@@ -290,10 +289,7 @@ def check_replay_equals_memory(
                 f"{activation.stream_id} on {node.node_id}: the activation is at seq "
                 f"{activation.seq} but the log ends at seq {len(events)}",
             )
-        state = actor_cls.initial_state
-        for stored in events[: activation.seq]:
-            event = node.codec.decode(stored.type_name, stored.type_version, stored.payload)
-            state = actor.evolve(state, event)
+        state = replay(actor_cls, events[: activation.seq], codec=node.codec)
         if state != activation.state:
             raise _violation(
                 "replay equals memory",
