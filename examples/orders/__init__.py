@@ -1,0 +1,1 @@
+"""The order-fulfilment example: an order workflow over inventory actors and a payment service."""
