@@ -8,6 +8,19 @@ from mainspring.actors.actor import ActorContext as ActorContext
 from mainspring.actors.actor import Reminder as Reminder
 from mainspring.actors.actor import handler as handler
 from mainspring.actors.actor import replay as replay
+from mainspring.actors.retry import RetryPolicy as RetryPolicy
+from mainspring.actors.workflow import ChildWorkflowFailed as ChildWorkflowFailed
+from mainspring.actors.workflow import ContinueAsNew as ContinueAsNew
+from mainspring.actors.workflow import Saga as Saga
+from mainspring.actors.workflow import StepContext as StepContext
+from mainspring.actors.workflow import StepFailed as StepFailed
+from mainspring.actors.workflow import WorkflowContext as WorkflowContext
+from mainspring.actors.workflow import WorkflowDefinition as WorkflowDefinition
+from mainspring.actors.workflow import step_context as step_context
+from mainspring.actors.workflow import workflow as workflow
+from mainspring.actors.workflow_client import WorkflowClient as WorkflowClient
+from mainspring.actors.workflow_client import WorkflowHandle as WorkflowHandle
+from mainspring.actors.workflow_runtime import WorkflowDescription as WorkflowDescription
 from mainspring.codec import Registry as Registry
 from mainspring.codec import event as event
 from mainspring.codec import message as message
@@ -22,10 +35,14 @@ from mainspring.errors import LeaseHeld as LeaseHeld
 from mainspring.errors import MainspringError as MainspringError
 from mainspring.errors import MainspringInternalError as MainspringInternalError
 from mainspring.errors import NodeClosed as NodeClosed
+from mainspring.errors import NonDeterminismError as NonDeterminismError
 from mainspring.errors import Overloaded as Overloaded
 from mainspring.errors import StoreUnavailable as StoreUnavailable
 from mainspring.errors import UnknownActorType as UnknownActorType
 from mainspring.errors import UsageError as UsageError
+from mainspring.errors import WorkflowConflict as WorkflowConflict
+from mainspring.errors import WorkflowError as WorkflowError
+from mainspring.errors import WorkflowNotFound as WorkflowNotFound
 from mainspring.node import Node as Node
 from mainspring.seams import Clock as Clock
 from mainspring.seams import Ids as Ids
@@ -36,10 +53,12 @@ __version__ = "0.1.0"
 __all__ = [
     "Actor",
     "ActorContext",
+    "ChildWorkflowFailed",
     "Clock",
     "CodecError",
     "CommandRejected",
     "ConcurrencyConflict",
+    "ContinueAsNew",
     "Fenced",
     "Ids",
     "LeaseHeld",
@@ -48,17 +67,32 @@ __all__ = [
     "Node",
     "NodeClosed",
     "NodeConfig",
+    "NonDeterminismError",
     "Overloaded",
     "Random",
     "Registry",
     "Reminder",
+    "RetryPolicy",
+    "Saga",
+    "StepContext",
+    "StepFailed",
     "StoreUnavailable",
     "UnknownActorType",
     "UsageError",
+    "WorkflowClient",
+    "WorkflowConflict",
+    "WorkflowContext",
+    "WorkflowDefinition",
+    "WorkflowDescription",
+    "WorkflowError",
+    "WorkflowHandle",
+    "WorkflowNotFound",
     "event",
     "handler",
     "message",
     "registry",
     "replay",
     "state",
+    "step_context",
+    "workflow",
 ]

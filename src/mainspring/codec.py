@@ -239,6 +239,48 @@ class Registry:
         except Exception as error:
             raise CodecError(f"cannot decode into {cls!r}: {error}") from error
 
+    def to_value(self, value: object) -> JsonDict:
+        """A value of any registered or plain JSON type as a JSON envelope naming its type, so
+        ``from_value`` gives back the same class.
+
+        Raises:
+            CodecError: the value cannot be represented as JSON.
+        """
+        info = self._by_class.get(type(value))
+        try:
+            data = self.converter.unstructure(value)
+            orjson.dumps(data)
+        except (TypeError, ValueError, orjson.JSONEncodeError) as error:
+            raise CodecError(
+                f"cannot encode a {type(value).__qualname__} as JSON ({error}); use plain JSON "
+                "values or an attrs class registered with @mainspring.event/message/state"
+            ) from error
+        if info is None:
+            return {"d": data}
+        return {"t": info.name, "v": info.version, "d": data}
+
+    def from_value(self, envelope: object, cls: type[Any] | None = None) -> Any:
+        """Inverse of ``to_value``; an untyped envelope is structured as ``cls`` when given."""
+        if not isinstance(envelope, dict) or "d" not in envelope:
+            raise CodecError(f"not a value envelope: {str(envelope)[:80]!r}")
+        type_name = envelope.get("t")
+        if type_name is None:
+            data = envelope["d"]
+            if cls is None or cls is Any or (isinstance(cls, type) and isinstance(data, cls)):
+                return data
+            try:
+                return self.converter.structure(data, cls)
+            except Exception as error:
+                raise CodecError(
+                    f"cannot read {str(data)[:80]!r} as {getattr(cls, '__qualname__', cls)}: "
+                    f"{error}"
+                ) from error
+        info = self.info_by_name(type_name)
+        data = envelope["d"]
+        if envelope["v"] != info.version:
+            data = self.upcast(type_name, envelope["v"], data)
+        return self.converter.structure(data, info.cls)
+
     def dumps_any(self, value: object) -> bytes:
         """Encode a value of any registered or plain JSON type with its type name, so
         ``loads_any`` gives back the same class (used for replies stored for deduplication)."""

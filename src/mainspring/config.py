@@ -45,6 +45,8 @@ class NodeConfig:
         shutdown_timeout_s: how long ``stop`` drains mailboxes before it gives up on them.
         snapshot_on_passivate: write a snapshot when an actor with events since its last
             snapshot is passivated.
+        workflow_task_warn_s: log a ``WorkflowTaskSlow`` warning when workflow code runs this
+            long without yielding (it is never killed: move blocking work into a step).
     """
 
     lease_ttl_s: float = attrs.field(default=30.0, validator=_positive)
@@ -60,6 +62,7 @@ class NodeConfig:
     outbox_retry_interval_s: float = attrs.field(default=1.0, validator=_positive)
     shutdown_timeout_s: float = attrs.field(default=10.0, validator=_positive)
     snapshot_on_passivate: bool = True
+    workflow_task_warn_s: float = attrs.field(default=1.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.lease_renew_interval_s * 2 > self.lease_ttl_s:

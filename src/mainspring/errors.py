@@ -18,10 +18,14 @@ __all__ = [
     "MainspringError",
     "MainspringInternalError",
     "NodeClosed",
+    "NonDeterminismError",
     "Overloaded",
     "StoreUnavailable",
     "UnknownActorType",
     "UsageError",
+    "WorkflowConflict",
+    "WorkflowError",
+    "WorkflowNotFound",
 ]
 
 
@@ -140,3 +144,62 @@ class NodeClosed(MainspringError):
 
 class MainspringInternalError(MainspringError):
     """A bug in mainspring itself: please report it with the traceback (and the seed, if any)."""
+
+
+class NonDeterminismError(MainspringError):
+    """A workflow's code no longer issues the commands its history recorded.
+
+    The workflow is parked with status ``stalled`` (nothing is written on its behalf) until code
+    that replays its history is deployed: revert the change, or guard it with
+    ``ctx.patched(...)`` so old histories take the old path.
+    """
+
+    def __init__(self, workflow_id: str, step: int, recorded: str, new: str) -> None:
+        self.workflow_id = workflow_id
+        self.step = step
+        self.recorded = recorded
+        self.new = new
+        super().__init__(
+            f"workflow {workflow_id!r} is not deterministic at step {step}: its history recorded "
+            f"{recorded}, but the code now issues {new}. Revert the change or guard it with "
+            f"ctx.patched('<name>') so that running workflows replay the old path."
+        )
+
+
+class WorkflowNotFound(MainspringError):
+    """No workflow with that id was ever started."""
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(f"no workflow {workflow_id!r} was started; start it first (check the id)")
+
+
+class WorkflowConflict(MainspringError):
+    """A start named an existing workflow id with another type or input."""
+
+    def __init__(self, workflow_id: str, reason: str) -> None:
+        self.workflow_id = workflow_id
+        self.reason = reason
+        super().__init__(
+            f"workflow {workflow_id!r} already exists with {reason}; starting is idempotent only "
+            f"for the same type and input: pick another workflow id"
+        )
+
+
+class WorkflowError(MainspringError):
+    """A workflow ended without a result: failed, cancelled, terminated or stalled.
+
+    Attributes:
+        workflow_id: the workflow.
+        status: its status (``failed``, ``cancelled``, ``terminated``, ``stalled``, ...).
+        error: the recorded error (``type``, ``message``, ...), if any.
+    """
+
+    def __init__(self, workflow_id: str, status: str, error: dict[str, object] | None) -> None:
+        self.workflow_id = workflow_id
+        self.status = status
+        self.error = error
+        detail = ""
+        if error:
+            detail = f": {error.get('type', 'Error')}: {error.get('message', '')}"
+        super().__init__(f"workflow {workflow_id!r} ended {status}{detail}")

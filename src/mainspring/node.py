@@ -18,6 +18,13 @@ from typing import Any, Final, Self, TypeVar, final
 from mainspring.actors.actor import Actor
 from mainspring.actors.host import ActorHost
 from mainspring.actors.scans import ScanStatistics, start_scans
+from mainspring.actors.workflow import WorkflowDefinition
+from mainspring.actors.workflow_client import WorkflowClient
+from mainspring.actors.workflow_runtime import (
+    WORKFLOW_ACTOR_TYPE,
+    WorkflowServices,
+    workflow_actor_type,
+)
 from mainspring.codec import Registry, registry
 from mainspring.config import NodeConfig
 from mainspring.errors import NodeClosed, StoreUnavailable, UsageError
@@ -75,6 +82,8 @@ class Node:
             same id takes its own leases back at once.
         store: the durable store; the node opens it on start and closes it on stop.
         actors: the actor types this node hosts.
+        workflows: the workflow definitions this node runs (several versions of one type may
+            be given); use them through ``node.workflows``.
         config: settings; see ``NodeConfig``.
         clock: the clock seam (system clock by default).
         random: the random seam (seeded from the OS by default).
@@ -88,6 +97,7 @@ class Node:
         *,
         store: Store,
         actors: Sequence[type[Actor[Any]]] = (),
+        workflows: Sequence[WorkflowDefinition[Any, Any]] = (),
         config: NodeConfig | None = None,
         clock: Clock | None = None,
         random: Random | None = None,
@@ -114,9 +124,22 @@ class Node:
             batch_requests_max=self.config.journal_batch_max,
             commits_in_flight_max=self.config.journal_commits_in_flight_max,
         )
+        self.workflow_services: Final = WorkflowServices()
+        workflow_actor = workflow_actor_type(workflows, self.workflow_services)
+        if any(getattr(a, "type_name", None) == WORKFLOW_ACTOR_TYPE for a in actors):
+            raise UsageError(f"actor type name {WORKFLOW_ACTOR_TYPE!r} is reserved for workflows")
         self.host: Final = ActorHost(
-            node_id, store, self.journal, actors, self.config, self.clock, self.codec
+            node_id,
+            store,
+            self.journal,
+            [*actors, workflow_actor],
+            self.config,
+            self.clock,
+            self.codec,
+            self.random,
         )
+        self.workflows: Final = WorkflowClient(self.host, self.workflow_services, self.ids)
+        """Start, signal, query, cancel and await workflows (see ``WorkflowClient``)."""
         self.scan_statistics: Final = ScanStatistics()
         self._tasks: list[asyncio.Task[None]] = []
         self._state = "new"
@@ -140,6 +163,7 @@ class Node:
         self._spawn(timers.run(), "timer-scan")
         self._spawn(relay.run(), "outbox-relay")
         self._state = "running"
+        self._spawn(self._recover_workflows(), "workflow-recovery")
         log.info("NodeStarted", extra={"node_id": self.node_id})
 
     async def stop(self) -> None:
@@ -175,6 +199,15 @@ class Node:
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.create_task(work, name=f"mainspring-{name}"))
+
+    async def _recover_workflows(self) -> None:
+        try:
+            woken = await self.workflows.recover()
+        except (StoreUnavailable, NodeClosed) as error:
+            log.warning("WorkflowRecoveryIncomplete", extra={"error": str(error)})
+            return
+        if woken:
+            log.info("WorkflowsRecovered", extra={"node_id": self.node_id, "workflows": woken})
 
     async def _renew_leases(self) -> None:
         config = self.config
@@ -277,4 +310,10 @@ class Node:
             "host": attrs.asdict(self.host.statistics),
             "journal": attrs.asdict(self.journal.statistics),
             "scans": attrs.asdict(self.scan_statistics),
+            "workflows": {
+                "replays": self.workflow_services.replays,
+                "events_replayed": self.workflow_services.events_replayed,
+                "stalls": self.workflow_services.stalls,
+                "slow_tasks": self.workflow_services.slow_tasks,
+            },
         }

@@ -114,6 +114,9 @@ class Actor(Generic[S]):
     state_version: ClassVar[int] = 1
     snapshot_every: ClassVar[int] = 100
     dedupe_window: ClassVar[int] = 1000
+    mutable_state: ClassVar[bool] = False
+    """``evolve`` changes the state in place (for large states): a handler that raises after
+    emitting then drops the activation, which re-hydrates from the store."""
     _handlers: ClassVar[dict[type, Callable[..., Any]]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -171,6 +174,13 @@ class Actor(Generic[S]):
         """The status shown in the instance index (None keeps the previous one)."""
         return None
 
+    def keep_alive(self) -> bool:
+        """Whether the actor has work in flight and must not be passivated when idle."""
+        return False
+
+    def on_deactivate(self) -> None:
+        """Called once when the activation ends (passivated, fenced or the node stopping)."""
+
 
 class ActorContext(Generic[S]):
     """What a handler may see and do. Created by the runtime for each message."""
@@ -192,6 +202,24 @@ class ActorContext(Generic[S]):
         self.outbox: Final[list[OutboxMessage]] = []
         self.timers_set: Final[dict[str, Timer]] = {}
         self.timers_cancelled: Final[set[str]] = set()
+        self.after_commit_callbacks: list[Callable[[], None]] | None = None
+        self.snapshot_requested = False
+
+    @property
+    def activation(self) -> Activation:
+        """The live activation handling this message (for mainspring's own runtimes)."""
+        return self._activation
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once this handler's writes are committed (at once if it wrote
+        nothing); never when the commit fails."""
+        if self.after_commit_callbacks is None:
+            self.after_commit_callbacks = []
+        self.after_commit_callbacks.append(callback)
+
+    def request_snapshot(self) -> None:
+        """Write a snapshot with this handler's events, whatever the snapshot policy says."""
+        self.snapshot_requested = True
 
     @property
     def actor_id(self) -> str:
@@ -270,6 +298,12 @@ class ActorContext(Generic[S]):
             if at.tzinfo is None:
                 raise UsageError(f"at= must be timezone-aware, got naive {at!r}")
             due_at_ms = int(at.timestamp() * 1000)
+        encoded = None if payload is None else self._codec.dumps_any(payload)
+        self.timers_cancelled.discard(name)
+        self.timers_set[name] = Timer(self._activation.stream_id, name, due_at_ms, encoded)
+
+    def set_reminder_at_ms(self, name: str, due_at_ms: int, payload: Any = None) -> None:
+        """``set_reminder`` with the due time in milliseconds since the Unix epoch."""
         encoded = None if payload is None else self._codec.dumps_any(payload)
         self.timers_cancelled.discard(name)
         self.timers_set[name] = Timer(self._activation.stream_id, name, due_at_ms, encoded)

@@ -42,7 +42,7 @@ from mainspring.persistence.store import (
     Timer,
     stream_id_of,
 )
-from mainspring.seams import Clock
+from mainspring.seams import Clock, Random, SeededRandom
 
 __all__ = ["Activation", "ActorHost", "HostStatistics"]
 
@@ -268,7 +268,7 @@ class Activation:
                     if self.passivate_requested or host.closing:
                         break
                     self.wakeup.clear()
-                    if not await idle.wait() and not self.mailbox:
+                    if not await idle.wait() and not self.mailbox and not self.actor.keep_alive():
                         break
                     continue
                 batch = [
@@ -285,11 +285,19 @@ class Activation:
                     # The store rejected or lost our write: our view of the stream is not to be
                     # trusted. Leave without releasing the lease; queued messages start afresh.
                     host.forget(self)
+                    self._deactivate()
                     host.redeliver(self)
                     return
         finally:
             idle.cancel()
+            self._deactivate()
         await self._passivate()
+
+    def _deactivate(self) -> None:
+        try:
+            self.actor.on_deactivate()
+        except Exception:
+            log.exception("DeactivateFailed", extra={"stream_id": self.stream_id})
 
     async def _passivate(self) -> None:
         host = self.host
@@ -327,8 +335,10 @@ class Activation:
         outbox: list[OutboxMessage] | None = None
         timers_set: dict[str, Timer] | None = None
         timers_cancelled: set[str] | None = None
+        callbacks: list[Callable[[], None]] | None = None
+        snapshot_requested = False
         context: ActorContext[Any] | None = None
-        for envelope in batch:
+        for index, envelope in enumerate(batch):
             host.statistics.messages += 1
             message_id = envelope.message_id
             if message_id is not None:
@@ -352,9 +362,26 @@ class Activation:
                 )
             except Exception as error:
                 host.statistics.handler_errors += 1
+                if context.events and self.actor_cls.mutable_state:
+                    # The handler changed the working state in place and then failed: nothing
+                    # of this batch is committed, so the others are handled again, afresh.
+                    log.error(
+                        "HandlerFailedAfterEmitting",
+                        extra={"stream_id": self.stream_id},
+                        exc_info=error,
+                    )
+                    _settle(envelope, error=error)
+                    again = [queued for queued, _, _ in outcomes] + list(batch[index + 1 :])
+                    self.mailbox.extendleft(reversed(again))
+                    return False
                 outcomes.append((envelope, None, error))
                 continue
             working = context.state
+            if context.after_commit_callbacks:
+                if callbacks is None:
+                    callbacks = []
+                callbacks.extend(context.after_commit_callbacks)
+            snapshot_requested = snapshot_requested or context.snapshot_requested
             events.extend(context.events)
             if context.outbox:
                 if outbox is None:
@@ -381,12 +408,29 @@ class Activation:
         context = None
         if events or outbox or timers_set or timers_cancelled:
             return await self._commit_batch(
-                working, events, dedupe, outbox, timers_set, timers_cancelled, outcomes
+                working,
+                events,
+                dedupe,
+                outbox,
+                timers_set,
+                timers_cancelled,
+                outcomes,
+                callbacks,
+                snapshot_requested,
             )
         assert working is self.state  # nothing was emitted, so nothing changed
         for envelope, reply, outcome_error in outcomes:
             _settle(envelope, result=reply, error=outcome_error)
+        if callbacks:
+            self._run_callbacks(callbacks)
         return True
+
+    def _run_callbacks(self, callbacks: list[Callable[[], None]]) -> None:
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("AfterCommitCallbackFailed", extra={"stream_id": self.stream_id})
 
     async def _commit_batch(
         self,
@@ -397,12 +441,14 @@ class Activation:
         timers_set: dict[str, Timer] | None,
         timers_cancelled: set[str] | None,
         outcomes: list[tuple[_Envelope, Any, BaseException | None]],
+        callbacks: list[Callable[[], None]] | None,
+        snapshot_requested: bool,
     ) -> bool:
         host = self.host
         new_seq = self.seq + len(events)
         snapshot = None
         every = self.actor_cls.snapshot_every
-        if every > 0 and new_seq - self.snapshot_seq >= every:
+        if (snapshot_requested and events) or (every > 0 and new_seq - self.snapshot_seq >= every):
             snapshot = self._snapshot_of(working, new_seq)
         status = self.actor.status(working)
         request = AppendRequest(
@@ -441,6 +487,8 @@ class Activation:
             self.dedupe.popitem(last=False)
         for envelope, reply, error in outcomes:
             _settle(envelope, result=reply, error=error)
+        if callbacks:
+            self._run_callbacks(callbacks)
         if outbox:
             host.on_outbox_written()
         if timers_set:
@@ -460,6 +508,7 @@ class ActorHost:
         config: the node's settings.
         clock: the node's clock.
         codec: the type registry.
+        random: the node's random source (workflow seeds and retry jitter).
     """
 
     def __init__(
@@ -471,8 +520,10 @@ class ActorHost:
         config: NodeConfig,
         clock: Clock,
         codec: Registry,
+        random: Random | None = None,
     ) -> None:
         self.node_id: Final = node_id
+        self.random: Final[Random] = random or SeededRandom()
         self.store: Final = store
         self.journal: Final = journal
         self.config: Final = config
@@ -555,7 +606,12 @@ class ActorHost:
         for activation in self.live.values():
             if count <= 0:
                 break
-            idle = activation.hydrated and not activation.mailbox and not activation.busy
+            idle = (
+                activation.hydrated
+                and not activation.mailbox
+                and not activation.busy
+                and not activation.actor.keep_alive()
+            )
             if idle and not activation.passivate_requested:
                 activation.passivate_requested = True
                 activation.wakeup.set()
