@@ -170,10 +170,12 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._exception_handler = handler
 
     def default_exception_handler(self, context: dict[str, Any]) -> None:
+        if self._closed:
+            return  # an abandoned run's tasks are collected; nothing is wrong
         self.unhandled.append(context)
         log.warning(
             "WorkflowUnhandledError",
-            extra={"message": context.get("message")},
+            extra={"detail": context.get("message")},
             exc_info=context.get("exception"),
         )
 

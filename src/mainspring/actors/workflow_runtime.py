@@ -594,6 +594,7 @@ class WorkflowRun:
         self.patches: dict[str, bool] = {}
         self.queries: dict[str, Callable[..., Any]] = {}
         self.in_query = False
+        self.abandoned = False
         self._now_ms = 0
 
     @property
@@ -754,6 +755,8 @@ class WorkflowRun:
     # Commands ------------------------------------------------------------------------------
 
     def _command(self, kind: str, *, n: int | None = None, name: str = "", data: Any = None) -> int:
+        if self.abandoned:
+            return n or 0  # the run's coroutines are being collected: nothing is recorded
         if self.in_query:
             raise UsageError("a query handler must only read: it cannot issue workflow commands")
         if n is None:
@@ -982,6 +985,7 @@ class WorkflowRun:
 
     def abandon(self) -> None:
         """Stop every attempt this run has in flight (the activation is leaving)."""
+        self.abandoned = True
         for slot in self.steps.values():
             if slot.task is not None:
                 slot.task.cancel()

@@ -22,6 +22,7 @@ from typing import Any, Final, Generic, TypeVar, final
 import attrs
 
 from mainspring.actors.actor import Actor
+from mainspring.actors.workflow import WorkflowDefinition
 from mainspring.config import NodeConfig
 from mainspring.node import Node
 from mainspring.persistence.memory import MemoryStore
@@ -84,6 +85,7 @@ class _SimNode:
     name: str
     store: Store
     actors: tuple[type[Actor[Any]], ...]
+    workflows: tuple[WorkflowDefinition[Any, Any], ...]
     config: NodeConfig | None
     clock: SimClock
     tag: NodeTag
@@ -212,6 +214,7 @@ class World:
         config: NodeConfig | None = None,
         offset_ms: int = 0,
         drift_ppm: int = 0,
+        workflows: Sequence[WorkflowDefinition[Any, Any]] = (),
     ) -> Node:
         """Start a real ``Node`` called ``name`` with its own clock, randomness and ids.
 
@@ -223,6 +226,7 @@ class World:
                 many wake-ups over simulated days; scenarios often lengthen the intervals).
             offset_ms: how far this node's wall clock is ahead.
             drift_ppm: how fast this node's clock runs.
+            workflows: the workflow definitions it runs.
         """
         if name in self._nodes:
             raise SimulationError(f"node {name!r} exists; use restart() after a crash")
@@ -230,6 +234,7 @@ class World:
             name=name,
             store=store,
             actors=tuple(actors),
+            workflows=tuple(workflows),
             config=config,
             clock=SimClock(self.loop, name, offset_ms=offset_ms, drift_ppm=drift_ppm),
             tag=self.loop.new_node_tag(name),
@@ -245,6 +250,7 @@ class World:
             entry.name,
             store=entry.store,
             actors=entry.actors,
+            workflows=entry.workflows,
             config=entry.config,
             clock=entry.clock,
             random=SimRandom(self.seed, "node", entry.name, str(tag.incarnation), "random"),
@@ -319,11 +325,37 @@ class World:
             TimeoutError: ``timeout_s`` passed without an outcome.
             Whatever ``Node.ask`` raises.
         """
+        return await self.call(
+            name,
+            lambda node: node.ask(actor, actor_id, message, message_id=message_id),
+            timeout_s=timeout_s,
+            label=f"ask:{actor_id}",
+        )
+
+    async def call(
+        self,
+        name: str,
+        operation: Callable[[Node], Coroutine[Any, Any, T]],
+        *,
+        timeout_s: float | None = None,
+        label: str = "call",
+    ) -> T:
+        """Run ``operation(node)`` on node ``name`` from outside it, e.g.
+        ``world.call("n1", lambda node: node.workflows.start(order, "o-1", data))``.
+
+        Like ``ask``: the operation runs in a task of the node and this coroutine waits in the
+        caller's task, so a crash of the node leaves it waiting until ``timeout_s``.
+
+        Raises:
+            NodeDown: the node is not running when the call is made.
+            TimeoutError: ``timeout_s`` passed without an outcome.
+            Whatever the operation raises.
+        """
         node = self.node(name)
         entry = self._nodes[name]
-        outcome: asyncio.Future[Any] = self.loop.create_future()
+        outcome: asyncio.Future[T] = self.loop.create_future()
 
-        def relay(request: asyncio.Task[Any]) -> None:
+        def relay(request: asyncio.Task[T]) -> None:
             # Read the outcome even when the caller has given up, so that an error is never
             # reported as "exception was never retrieved" at a time the GC picks.
             error = None if request.cancelled() else request.exception()
@@ -337,9 +369,7 @@ class World:
                 outcome.set_result(request.result())
 
         request = self.loop.create_task(
-            node.ask(actor, actor_id, message, message_id=message_id),
-            name=f"{name}:ask:{actor_id}",
-            context=node_context(entry.tag),
+            operation(node), name=f"{name}:{label}", context=node_context(entry.tag)
         )
         request.add_done_callback(relay)
         if timeout_s is None:
