@@ -66,7 +66,7 @@ async def node(db: str) -> AsyncIterator[Node]:
         yield n
 
 
-# Starting and results ---------------------------------------------------------------------------
+# Starting and results -----------------------------------------------------------------
 
 
 async def test_a_workflow_runs_its_steps_and_returns_over_every_store(
@@ -94,7 +94,7 @@ async def test_start_is_idempotent_for_the_same_input_and_conflicts_otherwise(
     assert await first.result(timeout_s=20) == await again.result(timeout_s=20)
     with pytest.raises(WorkflowConflict, match="different input"):
         await node.workflows.start(w.pipeline, "p-1", 2)
-    with pytest.raises(WorkflowConflict, match="type 'test.pipeline'"):
+    with pytest.raises(WorkflowConflict, match=r"type 'test\.pipeline'"):
         await node.workflows.start(w.keys, "p-1", None)
     # after completion the same start still returns the existing run
     await node.workflows.start(w.pipeline, "p-1", 1)
@@ -124,11 +124,11 @@ async def test_bad_input_is_refused_with_a_clear_error(node: Node) -> None:
 
 async def test_result_times_out_with_what_the_workflow_is_doing(node: Node) -> None:
     await node.workflows.start(w.gated, "g-1", None)
-    with pytest.raises(TimeoutError, match="it is (running|waiting)"):
+    with pytest.raises(TimeoutError, match=r"it is (running|waiting)"):
         await node.workflows.result("g-1", timeout_s=0.2)
 
 
-# Steps ------------------------------------------------------------------------------------------
+# Steps -----------------------------------------------------------------
 
 
 async def test_step_context_gives_a_stable_idempotency_key(node: Node) -> None:
@@ -202,7 +202,7 @@ async def test_a_failed_workflow_is_retried_from_its_failing_step(
         await node.workflows.retry("f-1")
 
 
-# Timers, signals, queries ---------------------------------------------------------------------------
+# Timers, signals, queries -----------------------------------------------------------------
 
 
 async def test_signals_are_buffered_in_order_and_deduplicated(node: Node) -> None:
@@ -232,7 +232,7 @@ async def test_an_unknown_query_is_refused_and_queries_write_nothing(node: Node)
     assert (await handle.describe()).history_events == before
 
 
-# Lifecycle ------------------------------------------------------------------------------------------
+# Lifecycle -----------------------------------------------------------------
 
 
 async def test_cancellation_reaches_the_code_which_compensates(
@@ -295,7 +295,7 @@ async def test_continue_as_new_keeps_the_history_short(node: Node, effects: w.Ef
     assert len(set(effects.applied)) == 23
 
 
-# Children and actors --------------------------------------------------------------------------------
+# Children and actors -----------------------------------------------------------------
 
 
 async def test_children_run_through_the_outbox_and_report_back(
@@ -331,7 +331,7 @@ async def test_workflows_message_actors_exactly_once(db: str) -> None:
         assert await node.ask(Account, "alice", GetBalance()) == 30
 
 
-# Scale, recovery, determinism ------------------------------------------------------------------------
+# Scale, recovery, determinism -----------------------------------------------------------------
 
 
 async def test_ten_thousand_steps_activate_from_a_snapshot_without_reading_every_event(

@@ -190,7 +190,7 @@ async def gated(ctx: WorkflowContext, _: None) -> list[Any]:
 
 
 @mainspring.workflow("test.looping")
-async def looping(ctx: WorkflowContext, state: dict[str, int]) -> dict[str, int]:
+async def looping(ctx: WorkflowContext, state: dict[str, int]) -> dict[str, int]:  # noqa: RET503
     """Counts to ``until`` in runs of ``per_run`` steps, continuing as new between runs."""
     count = state["count"]
     for _ in range(state["per_run"]):

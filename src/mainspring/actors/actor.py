@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["Actor", "ActorContext", "Reminder", "fold_events", "handler", "replay"]
 
 S = TypeVar("S")
+E = TypeVar("E", bound=BaseException)
 F = TypeVar("F", bound=Callable[..., Any])
 
 _HANDLER_MARK: Final = "__mainspring_handler__"
@@ -204,6 +205,7 @@ class ActorContext(Generic[S]):
         self.timers_cancelled: Final[set[str]] = set()
         self.after_commit_callbacks: list[Callable[[], None]] | None = None
         self.snapshot_requested = False
+        self.commit_despite: BaseException | None = None
 
     @property
     def activation(self) -> Activation:
@@ -216,6 +218,13 @@ class ActorContext(Generic[S]):
         if self.after_commit_callbacks is None:
             self.after_commit_callbacks = []
         self.after_commit_callbacks.append(callback)
+
+    def commit_despite_error(self, error: E) -> E:
+        """Mark ``error`` so that, when the handler raises it, the events emitted so far still
+        commit and the caller gets ``error`` (``raise ctx.commit_despite_error(SomeError())``).
+        """
+        self.commit_despite = error
+        return error
 
     def request_snapshot(self) -> None:
         """Write a snapshot with this handler's events, whatever the snapshot policy says."""

@@ -349,6 +349,7 @@ class Activation:
                     outcomes.append((envelope, host.codec.loads_any(stored_reply), None))
                     continue
             context = ActorContext(self, working, message_id, host.codec)
+            refusal: BaseException | None = None
             try:
                 reply = envelope.handler(self.actor, context, envelope.message)
                 if type(reply) not in _PLAIN_REPLIES and inspect.isawaitable(reply):
@@ -362,7 +363,11 @@ class Activation:
                 )
             except Exception as error:
                 host.statistics.handler_errors += 1
-                if context.events and self.actor_cls.mutable_state:
+                if error is context.commit_despite:
+                    # The handler refuses the message but keeps what it recorded before it
+                    # decided to (its events commit; the caller gets the error).
+                    refusal, reply, encoded_reply = error, None, None
+                elif context.events and self.actor_cls.mutable_state:
                     # The handler changed the working state in place and then failed: nothing
                     # of this batch is committed, so the others are handled again, afresh.
                     log.error(
@@ -374,8 +379,9 @@ class Activation:
                     again = [queued for queued, _, _ in outcomes] + list(batch[index + 1 :])
                     self.mailbox.extendleft(reversed(again))
                     return False
-                outcomes.append((envelope, None, error))
-                continue
+                else:
+                    outcomes.append((envelope, None, error))
+                    continue
             working = context.state
             if context.after_commit_callbacks:
                 if callbacks is None:
@@ -404,7 +410,7 @@ class Activation:
                     dedupe, seen_in_batch = [], {}
                 dedupe.append(DedupeRecord(message_id, self.seq + len(events), encoded_reply))
                 seen_in_batch[message_id] = encoded_reply
-            outcomes.append((envelope, reply, None))
+            outcomes.append((envelope, reply, refusal))
         context = None
         if events or outbox or timers_set or timers_cancelled:
             return await self._commit_batch(

@@ -1263,7 +1263,7 @@ class WorkflowActorBase(Actor[WorkflowState]):
             if isinstance(found, str):
                 if message.parent_id:
                     return self._refuse_child(ctx, message, found)
-                raise UsageError(found)
+                raise self._refusal(ctx, UsageError(found))
             self._start_run(ctx, found, message.input, 1, message.parent_id, message.parent_command)
             self._pump(ctx)
             return _describe(self.workflow_id, ctx.state)
@@ -1278,7 +1278,7 @@ class WorkflowActorBase(Actor[WorkflowState]):
             return _describe(self.workflow_id, state)
         if message.parent_id:
             return self._refuse_child(ctx, message, str(WorkflowConflict(self.workflow_id, reason)))
-        raise WorkflowConflict(self.workflow_id, reason)
+        raise self._refusal(ctx, WorkflowConflict(self.workflow_id, reason))
 
     def _refuse_child(
         self, ctx: ActorContext[WorkflowState], message: StartWorkflow, reason: str
@@ -1301,6 +1301,12 @@ class WorkflowActorBase(Actor[WorkflowState]):
     def _require_started(self, state: WorkflowState) -> None:
         if state.phase == "new":
             raise WorkflowNotFound(self.workflow_id)
+
+    @staticmethod
+    def _refusal(ctx: ActorContext[WorkflowState], error: Exception) -> Exception:
+        """``error``, to raise; when this handler already recorded events (a replay that
+        stalled or resumed the run), those still commit and the caller gets ``error``."""
+        return ctx.commit_despite_error(error) if ctx.events else error
 
     @handler
     def on_describe(
@@ -1325,9 +1331,12 @@ class WorkflowActorBase(Actor[WorkflowState]):
         state = self._enter(ctx)
         self._require_started(state)
         if state.phase != "open":
-            raise CommandRejected(
-                f"workflow {self.workflow_id!r} is {state.status}; it takes no more signals",
-                code="workflow_closed",
+            raise self._refusal(
+                ctx,
+                CommandRejected(
+                    f"workflow {self.workflow_id!r} is {state.status}; it takes no more signals",
+                    code="workflow_closed",
+                ),
             )
         self._inbound(
             ctx,
@@ -1342,23 +1351,29 @@ class WorkflowActorBase(Actor[WorkflowState]):
         run = self.run
         if run is None:
             if state.stall:
-                raise CommandRejected(
-                    f"workflow {self.workflow_id!r} is stalled: {state.stall}", code="stalled"
+                raise self._refusal(
+                    ctx,
+                    CommandRejected(
+                        f"workflow {self.workflow_id!r} is stalled: {state.stall}", code="stalled"
+                    ),
                 )
             # A closed run: replay it to answer from the code's final state.
             found = self._definition(state.workflow_type, state.version)
             if isinstance(found, str):
-                raise CommandRejected(found, code="unknown_version")
+                raise self._refusal(ctx, CommandRejected(found, code="unknown_version"))
             run = WorkflowRun(self, found, self.workflow_id, state.run)
             run.replay(state.history)
             self.run = run
         query = run.queries.get(message.name)
         if query is None:
-            raise CommandRejected(
-                f"workflow {self.workflow_id!r} has no query handler {message.name!r} "
-                f"(it has: {sorted(run.queries) or 'none'}); register one with "
-                "ctx.set_query_handler",
-                code="unknown_query",
+            raise self._refusal(
+                ctx,
+                CommandRejected(
+                    f"workflow {self.workflow_id!r} has no query handler {message.name!r} "
+                    f"(it has: {sorted(run.queries) or 'none'}); register one with "
+                    "ctx.set_query_handler",
+                    code="unknown_query",
+                ),
             )
         args = self.codec.from_value(message.args) if message.args is not None else []
         run.in_query = True
@@ -1386,9 +1401,12 @@ class WorkflowActorBase(Actor[WorkflowState]):
         if action == "retry":
             return self._retry(ctx, state, message.reason)
         if state.phase != "open":
-            raise CommandRejected(
-                f"workflow {self.workflow_id!r} is {state.status}; cannot {action} it",
-                code="workflow_closed",
+            raise self._refusal(
+                ctx,
+                CommandRejected(
+                    f"workflow {self.workflow_id!r} is {state.status}; cannot {action} it",
+                    code="workflow_closed",
+                ),
             )
         if action == "cancel":
             if not state.cancel_requested:
@@ -1405,24 +1423,34 @@ class WorkflowActorBase(Actor[WorkflowState]):
                 self._drain_inbox(ctx)
                 self._resume_due_retries(ctx)
         else:
-            raise UsageError(
-                f"unknown workflow action {action!r}; use cancel, terminate, pause, resume or retry"
+            raise self._refusal(
+                ctx,
+                UsageError(
+                    f"unknown workflow action {action!r}; use cancel, terminate, pause, resume "
+                    "or retry"
+                ),
             )
         self._pump(ctx)
         return _describe(self.workflow_id, ctx.state)
 
     def _retry(self, ctx: ActorContext[WorkflowState], state: WorkflowState, reason: str) -> Any:
         if state.phase != "failed":
-            raise CommandRejected(
-                f"workflow {self.workflow_id!r} is {state.status}; only a failed workflow can be "
-                "retried from its failure point",
-                code="not_failed",
+            raise self._refusal(
+                ctx,
+                CommandRejected(
+                    f"workflow {self.workflow_id!r} is {state.status}; only a failed workflow "
+                    "can be retried from its failure point",
+                    code="not_failed",
+                ),
             )
         if not state.failed_step:
-            raise CommandRejected(
-                f"workflow {self.workflow_id!r} failed in its own code, not in a step: fix the "
-                "code and start a new workflow (a retry would fail the same way)",
-                code="not_a_step_failure",
+            raise self._refusal(
+                ctx,
+                CommandRejected(
+                    f"workflow {self.workflow_id!r} failed in its own code, not in a step: fix the "
+                    "code and start a new workflow (a retry would fail the same way)",
+                    code="not_a_step_failure",
+                ),
             )
         keep = None
         name = ""
