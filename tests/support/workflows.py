@@ -190,14 +190,14 @@ async def gated(ctx: WorkflowContext, _: None) -> list[Any]:
 
 
 @mainspring.workflow("test.looping")
-async def looping(ctx: WorkflowContext, state: dict[str, int]) -> dict[str, int]:  # noqa: RET503
+async def looping(ctx: WorkflowContext, state: dict[str, int]) -> dict[str, int]:
     """Counts to ``until`` in runs of ``per_run`` steps, continuing as new between runs."""
     count = state["count"]
     for _ in range(state["per_run"]):
         if count >= state["until"]:
             return {"count": count, "run": ctx.run_number}
         count = await ctx.step(effect, "count", count + 1)
-    ctx.continue_as_new({**state, "count": count})
+    raise mainspring.ContinueAsNew({**state, "count": count})  # = ctx.continue_as_new(...)
 
 
 @mainspring.workflow("test.child")
