@@ -29,11 +29,13 @@ test: lint typecheck pytest
 bench: $(STAMP)
 	$(BIN)/python bench/journal.py --store sqlite --json
 	$(BIN)/python bench/hydrate.py --store sqlite --json
+	$(BIN)/python bench/workflows.py --store sqlite --json
 
 # Needs PostgreSQL; set MAINSPRING_BENCH_POSTGRES_DSN (default postgresql://postgres@127.0.0.1:5432/test).
 bench-postgres: $(STAMP)
 	$(BIN)/python bench/journal.py --store postgres --json
 	$(BIN)/python bench/hydrate.py --store postgres --json
+	$(BIN)/python bench/workflows.py --store postgres --json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -49,3 +49,30 @@ def test_hydrate_bench_prints_its_figures() -> None:
         assert isinstance(result[key], int | float), key
     assert result["store"] == "sqlite"
     assert result["events"] == 200
+
+
+def test_workflows_bench_prints_its_figures() -> None:
+    result = run_bench(
+        "workflows.py",
+        "--workflows",
+        "8",
+        "--concurrency",
+        "4",
+        "--warmup",
+        "2",
+        "--uncontended",
+        "2",
+        "--no-dbos",
+    )
+    for key in (
+        "workflows_per_s",
+        "step_overhead_ms_p50",
+        "step_overhead_ms_p99",
+        "uncontended_step_overhead_ms_p50",
+        "uncontended_step_overhead_ms_p99",
+    ):
+        assert isinstance(result[key], int | float), key
+    assert result["store"] == "sqlite"
+    assert result["workflows"] == 8
+    assert result["dbos_skipped"] == "--no-dbos"
+    assert "uncontended_step_overhead_ms_p50" in result["step_overhead_target_applies_to"]
