@@ -47,6 +47,8 @@ class NodeConfig:
             snapshot is passivated.
         workflow_task_warn_s: log a ``WorkflowTaskSlow`` warning when workflow code runs this
             long without yielding (it is never killed: move blocking work into a step).
+        workflow_recovery_interval_s: how often running workflows that are not live on this
+            node are woken (at start, all running workflows are).
     """
 
     lease_ttl_s: float = attrs.field(default=30.0, validator=_positive)
@@ -63,6 +65,7 @@ class NodeConfig:
     shutdown_timeout_s: float = attrs.field(default=10.0, validator=_positive)
     snapshot_on_passivate: bool = True
     workflow_task_warn_s: float = attrs.field(default=1.0, validator=_positive)
+    workflow_recovery_interval_s: float = attrs.field(default=60.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.lease_renew_interval_s * 2 > self.lease_ttl_s:

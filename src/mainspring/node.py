@@ -201,13 +201,21 @@ class Node:
         self._tasks.append(asyncio.create_task(work, name=f"mainspring-{name}"))
 
     async def _recover_workflows(self) -> None:
-        try:
-            woken = await self.workflows.recover()
-        except (StoreUnavailable, NodeClosed) as error:
-            log.warning("WorkflowRecoveryIncomplete", extra={"error": str(error)})
-            return
-        if woken:
-            log.info("WorkflowsRecovered", extra={"node_id": self.node_id, "workflows": woken})
+        """Wake the running workflows at start, then, now and again, any running workflow that
+        is not live here (a wake-up lost to a failed commit must not strand it)."""
+        skip_live = False
+        while True:
+            try:
+                woken = await self.workflows.recover(skip_live=skip_live)
+            except (StoreUnavailable, NodeClosed) as error:
+                log.warning("WorkflowRecoveryIncomplete", extra={"error": str(error)})
+            else:
+                if woken:
+                    log.info(
+                        "WorkflowsRecovered", extra={"node_id": self.node_id, "workflows": woken}
+                    )
+                skip_live = True
+            await asyncio.sleep(self.config.workflow_recovery_interval_s)
 
     async def _renew_leases(self) -> None:
         config = self.config

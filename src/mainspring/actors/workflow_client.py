@@ -285,9 +285,10 @@ class WorkflowClient:
         cursor = (WORKFLOW_ACTOR_TYPE, after) if after is not None else None
         return await self._host.store.list_instances(WORKFLOW_ACTOR_TYPE, status, limit, cursor)
 
-    async def recover(self) -> int:
+    async def recover(self, *, skip_live: bool = False) -> int:
         """Wake every workflow the index lists as ``running`` so its in-flight steps run
-        again (a node does this when it starts). Returns how many were woken."""
+        again (a node does this when it starts, and then now and again for those it does not
+        host live, with ``skip_live``). Returns how many were woken."""
         woken = 0
         after: tuple[str, str] | None = None
         limiter = asyncio.Semaphore(_RECOVERY_IN_FLIGHT)
@@ -310,6 +311,11 @@ class WorkflowClient:
             )
             if not page:
                 return woken
-            await asyncio.gather(*(wake(info.actor_id) for info in page))
-            woken += len(page)
+            due = [
+                info.actor_id
+                for info in page
+                if not (skip_live and f"{WORKFLOW_ACTOR_TYPE}/{info.actor_id}" in self._host.live)
+            ]
+            await asyncio.gather(*(wake(workflow_id) for workflow_id in due))
+            woken += len(due)
             after = (page[-1].actor_type, page[-1].actor_id)

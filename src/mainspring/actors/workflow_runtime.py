@@ -62,10 +62,14 @@ from mainspring.codec import state as register_state
 from mainspring.errors import (
     CodecError,
     CommandRejected,
+    ConcurrencyConflict,
+    Fenced,
+    LeaseHeld,
     MainspringInternalError,
     NodeClosed,
     NonDeterminismError,
     Overloaded,
+    StoreUnavailable,
     UsageError,
     WorkflowConflict,
     WorkflowNotFound,
@@ -1065,17 +1069,22 @@ class WorkflowActorBase(Actor[WorkflowState]):
             self.run = None
 
     async def deliver_to_self(self, workflow_id: str, message: object) -> None:
-        """Queue ``message`` for this workflow (from one of its step attempts)."""
+        """Hand a step attempt's outcome to its workflow, until it is recorded (or found
+        stale). If this node stops first, the step runs again after the restart."""
         host = self.host
-        for _ in range(1000):
+        for attempt in range(100):
             try:
-                host.deliver(WORKFLOW_ACTOR_TYPE, workflow_id, message, None, want_reply=False)
+                reply = host.deliver(
+                    WORKFLOW_ACTOR_TYPE, workflow_id, message, None, want_reply=True
+                )
+                assert reply is not None
+                await reply
                 return
-            except Overloaded:
-                await asyncio.sleep(0.05)
             except NodeClosed:
-                return  # the step runs again after the restart
-        log.error("StepOutcomeDropped", extra={"workflow_id": workflow_id})
+                return
+            except (Overloaded, StoreUnavailable, Fenced, ConcurrencyConflict, LeaseHeld):
+                await asyncio.sleep(min(0.05 * 2**attempt, 5.0))
+        log.error("StepOutcomeUndelivered", extra={"workflow_id": workflow_id})
 
     def _enter(self, ctx: ActorContext[WorkflowState]) -> WorkflowState:
         """Bind to the activation and, once per activation, replay the code."""
@@ -1086,6 +1095,9 @@ class WorkflowActorBase(Actor[WorkflowState]):
         if state.phase == "open" and not self._replayed:
             self._replayed = True
             self._rebuild(ctx, state)
+            # A new activation starts what is due: work that an earlier activation scheduled
+            # and could not start (it crashed, or its commit's outcome was lost).
+            self._pump(ctx)
         return ctx.state
 
     def _definition(self, name: str, version: int) -> WorkflowDefinition[Any, Any] | str:
