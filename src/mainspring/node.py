@@ -206,7 +206,7 @@ class Node:
         skip_live = False
         while True:
             try:
-                woken = await self.workflows.recover(skip_live=skip_live)
+                woken = await self.workflows.recover(skip_live=skip_live, stalled=not skip_live)
             except (StoreUnavailable, NodeClosed) as error:
                 log.warning("WorkflowRecoveryIncomplete", extra={"error": str(error)})
             else:

@@ -217,3 +217,24 @@ def test_replaying_a_recorded_history_against_changed_code_names_both_commands()
     assert changed.stall.recorded == "step 1 'fetch'"
     assert changed.stall.new == "step 1 'audit'"
     assert WorkflowState().status == "new"
+
+
+async def test_a_node_with_fixed_code_resumes_stalled_workflows_when_it_starts(
+    tmp_path: Path,
+) -> None:
+    db = str(tmp_path / "wf.db")
+    await _start_on_v1(db, "r-1")
+    async with Node("n1", store=SqliteStore(db), workflows=[review_edited], config=FAST) as node:
+        await node.workflows.signal("r-1", "decision", "approved")
+        assert (await node.workflows.describe("r-1")).status == "stalled"
+    async with Node("n1", store=SqliteStore(db), workflows=[review_patched], config=FAST) as node:
+        # nothing is sent: the node wakes stalled workflows when it starts
+        async def resumed() -> bool:
+            return (await node.workflows.describe("r-1")).status == "completed"
+
+        await eventually(resumed, what="the stalled workflow resumes")
+        assert await node.workflows.result("r-1", timeout_s=10) == [
+            "fetched invoice-7",
+            "approved",
+            "audited invoice-7",
+        ]

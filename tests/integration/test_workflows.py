@@ -79,7 +79,7 @@ async def test_a_workflow_runs_its_steps_and_returns_over_every_store(
         description = await handle.describe()
         assert description.status == "completed"
         assert description.closed
-        assert description.result == {"d": result}
+        assert description.result == result
         # every step ran once, keyed by <workflow id>/<step number>
         assert dict(effects.attempts) == {"p-1/1": 1, "p-1/2": 1, "p-1/4": 1}
         rows = await node.workflows.list(status="completed")
@@ -389,3 +389,14 @@ async def test_blocking_workflow_code_is_reported_not_killed(db: str) -> None:
         )
         assert result == sum(i * i for i in range(300_000))
         assert node.statistics()["workflows"]["slow_tasks"] >= 1
+
+
+async def test_a_message_handled_while_an_attempt_reports_does_not_run_the_step_again(
+    node: Node, effects: w.Effects
+) -> None:
+    handles = [await node.workflows.start(w.gated, f"race-{i}", None) for i in range(30)]
+    for handle in handles:  # signals land while first steps finish and report
+        await handle.signal("go", "now")
+    for handle in handles:
+        assert await handle.result(timeout_s=20) == [1, "now", 2]
+    assert set(effects.attempts.values()) == {1}, effects.attempts

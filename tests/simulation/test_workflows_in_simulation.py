@@ -108,14 +108,13 @@ def check_steps_recorded_once(contents: StoreContents) -> None:
                 key = f"{workflow_id}/{event.n}"
                 if SERVICE.get(key) != event.data["d"]:
                     raise InvariantViolation(
-                        "step result is the service's",
-                        f"{key} recorded {event.data['d']!r} but the service kept "
-                        f"{SERVICE.get(key)!r}",
+                        f"[step result is the service's] {key} recorded {event.data['d']!r} "
+                        f"but the service kept {SERVICE.get(key)!r}"
                     )
         twice = {n: c for n, c in outcomes.items() if c > 1}
         if twice:
             raise InvariantViolation(
-                "step recorded once", f"{workflow_id}: step outcomes recorded twice: {twice}"
+                f"[step recorded once] {workflow_id}: step outcomes recorded twice: {twice}"
             )
 
 

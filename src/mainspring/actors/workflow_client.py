@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, final
+
+import attrs
 
 from mainspring.actors.host import ActorHost
 from mainspring.actors.workflow import WorkflowDefinition
@@ -164,9 +167,14 @@ class WorkflowClient:
         Raises:
             WorkflowNotFound: no such workflow was started.
         """
-        description: WorkflowDescription = await self._ask(
-            _check_workflow_id(workflow_id), DescribeWorkflow()
-        )
+        described = await self._describe(_check_workflow_id(workflow_id))
+        if described.result is None:
+            return described
+        return attrs.evolve(described, result=self._host.codec.from_value(described.result))
+
+    async def _describe(self, workflow_id: str) -> WorkflowDescription:
+        """The description as the workflow replies it (``result`` still encoded)."""
+        description: WorkflowDescription = await self._ask(workflow_id, DescribeWorkflow())
         return description
 
     async def result(self, workflow_id: str, *, timeout_s: float | None = None) -> Any:
@@ -185,7 +193,7 @@ class WorkflowClient:
         waiters.add(waiter)
         description: WorkflowDescription | None = None
         try:
-            description = await self.describe(workflow_id)
+            description = await self._describe(workflow_id)
             if not description.closed:
                 async with asyncio.timeout(limit):
                     description = await waiter
@@ -285,12 +293,13 @@ class WorkflowClient:
         cursor = (WORKFLOW_ACTOR_TYPE, after) if after is not None else None
         return await self._host.store.list_instances(WORKFLOW_ACTOR_TYPE, status, limit, cursor)
 
-    async def recover(self, *, skip_live: bool = False) -> int:
+    async def recover(self, *, skip_live: bool = False, stalled: bool = True) -> int:
         """Wake every workflow the index lists as ``running`` so its in-flight steps run
-        again (a node does this when it starts, and then now and again for those it does not
-        host live, with ``skip_live``). Returns how many were woken."""
+        again, and (with ``stalled``) every ``stalled`` one, whose history the code deployed
+        now may replay. A node does this when it starts, and then now and again, with
+        ``skip_live`` and without ``stalled``, for running workflows it does not host live.
+        Returns how many were woken."""
         woken = 0
-        after: tuple[str, str] | None = None
         limiter = asyncio.Semaphore(_RECOVERY_IN_FLIGHT)
 
         async def wake(workflow_id: str) -> None:
@@ -305,9 +314,18 @@ class WorkflowClient:
                         extra={"workflow_id": workflow_id, "error": str(error)},
                     )
 
+        for status in ("running", "stalled") if stalled else ("running",):
+            woken += await self._wake_all(status, skip_live, wake)
+        return woken
+
+    async def _wake_all(
+        self, status: str, skip_live: bool, wake: Callable[[str], Awaitable[None]]
+    ) -> int:
+        woken = 0
+        after: tuple[str, str] | None = None
         while True:
             page = await self._host.store.list_instances(
-                WORKFLOW_ACTOR_TYPE, "running", _RECOVERY_PAGE, after
+                WORKFLOW_ACTOR_TYPE, status, _RECOVERY_PAGE, after
             )
             if not page:
                 return woken

@@ -955,8 +955,13 @@ class WorkflowRun:
                 slot.n, attempt, False, error=error_info(error),
                 retryable=slot.retry.is_retryable(error),
             )  # fmt: skip
-        slot.task = None
-        await self.shell.deliver_to_self(self.workflow_id, outcome)
+        # The slot stays taken until the outcome is handled: a message handled meanwhile
+        # must not start the same attempt again.
+        try:
+            await self.shell.deliver_to_self(self.workflow_id, outcome)
+        finally:
+            if slot.task is asyncio.current_task():
+                slot.task = None
 
     async def _call_step(self, slot: _StepSlot, last_beat: list[float]) -> Any:
         function = slot.function
@@ -1375,6 +1380,12 @@ class WorkflowActorBase(Actor[WorkflowState]):
                 raise self._refusal(ctx, CommandRejected(found, code="unknown_version"))
             run = WorkflowRun(self, found, self.workflow_id, state.run)
             run.replay(state.history)
+            if run.stall is not None:
+                run.abandon()
+                raise CommandRejected(
+                    f"workflow {self.workflow_id!r} cannot be queried: {run.stall}",
+                    code="stalled",
+                )
             self.run = run
         query = run.queries.get(message.name)
         if query is None:
