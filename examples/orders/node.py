@@ -102,6 +102,13 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _decoded(node: Node, result: Any) -> Any:
+    """A description's result as plain JSON (decoded if it still is a codec envelope)."""
+    if isinstance(result, dict) and "d" in result and set(result) <= {"t", "v", "d"}:
+        return node.codec.from_value(result)
+    return result
+
+
 def build_app(node: Node) -> web.Application:
     """The control endpoint over ``node`` (see the module docstring)."""
     routes = web.RouteTableDef()
@@ -192,7 +199,7 @@ def build_app(node: Node) -> web.Application:
                 "orders": {
                     d.workflow_id: {
                         "status": d.status,
-                        "result": node.codec.from_value(d.result) if d.result else None,
+                        "result": _decoded(node, d.result),
                         "error": d.error,
                     }
                     for d in described
