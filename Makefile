@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench bench-postgres clean
+.PHONY: run demo test lint typecheck pytest bench bench-postgres clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/python -m examples.accounts
+
+# The order example in a real node process, SIGKILLed mid-run; prints one JSON summary line.
+demo: $(STAMP)
+	$(BIN)/python -m examples.orders
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
