@@ -289,6 +289,7 @@ async def test_continue_as_new_keeps_the_history_short(node: Node, effects: w.Ef
     assert await handle.result(timeout_s=30) == {"count": 23, "run": 5}
     description = await handle.describe()
     assert description.run == 5
+    assert [run["run"] for run in description.previous_runs] == [1, 2, 3, 4]
     assert description.history_events < 15  # one run's history, not 23 steps'
     # step numbers keep counting across runs, so idempotency keys never repeat
     assert len(effects.applied) == 23

@@ -285,9 +285,8 @@ class Activation:
                     # The store rejected or lost our write: our view of the stream is not to be
                     # trusted. Leave without releasing the lease; queued messages start afresh.
                     host.forget(self)
-                    self._deactivate()
                     host.redeliver(self)
-                    return
+                    return  # (the finally below deactivates the actor)
         finally:
             idle.cancel()
             self._deactivate()

@@ -326,6 +326,8 @@ class WorkflowDescription:
     cancel_requested: bool = False
     started_at_ms: int = 0
     closed_at_ms: int = 0
+    previous_runs: list[dict[str, Any]] = attrs.Factory(list)
+    """The last (up to 10) runs that continued as new: run number, version, end time."""
 
     @property
     def closed(self) -> bool:
@@ -352,6 +354,7 @@ def _describe(workflow_id: str, state: WorkflowState) -> WorkflowDescription:
         cancel_requested=state.cancel_requested,
         started_at_ms=state.started_at_ms,
         closed_at_ms=state.closed_at_ms,
+        previous_runs=list(state.previous_runs),
     )
 
 
