@@ -401,3 +401,51 @@ async def test_a_message_handled_while_an_attempt_reports_does_not_run_the_step_
     for handle in handles:
         assert await handle.result(timeout_s=20) == [1, "now", 2]
     assert set(effects.attempts.values()) == {1}, effects.attempts
+
+
+UNDO_GATE: list[asyncio.Event] = []
+
+
+async def undo_slowly(calls: list[str]) -> None:
+    calls.append("started")
+    await UNDO_GATE[0].wait()
+    calls.append("finished")
+
+
+UNDO_CALLS: list[str] = []
+
+
+async def undo_step() -> None:
+    await undo_slowly(UNDO_CALLS)
+
+
+@mainspring.workflow("test.saga_cancel")
+async def saga_cancel(ctx: mainspring.WorkflowContext, _: None) -> str:
+    saga = ctx.saga()
+    saga.add(undo_step, name="undo")
+    await ctx.wait_for_signal("fail")
+    try:
+        await saga.compensate()
+    except asyncio.CancelledError:
+        assert saga.pending == 1
+        await saga.compensate()  # the interrupted compensation is still registered
+        raise
+    return "compensated"
+
+
+async def test_a_compensation_interrupted_by_a_cancel_stays_registered(db: str) -> None:
+    UNDO_GATE[:] = [asyncio.Event()]
+    UNDO_CALLS.clear()
+    async with Node("n1", store=SqliteStore(db), workflows=[saga_cancel], config=FAST) as node:
+        handle = await node.workflows.start(saga_cancel, "sc-1", None)
+        await handle.signal("fail")
+        await eventually(lambda: _true(bool(UNDO_CALLS)), what="the undo step starts")
+        await handle.cancel("operator")
+        UNDO_GATE[0].set()
+        with pytest.raises(WorkflowError, match="cancelled"):
+            await handle.result(timeout_s=20)
+        assert UNDO_CALLS[-1] == "finished"
+
+
+async def _true(value: bool) -> bool:
+    return value

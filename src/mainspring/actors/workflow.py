@@ -455,17 +455,37 @@ class Saga:
 
     def __init__(self, ctx: WorkflowContext) -> None:
         self._ctx = ctx
-        self._compensations: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        self._compensations: list[
+            tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], bool]
+        ] = []
 
     def add(self, function: Callable[..., Any], *args: Any, **step_options: Any) -> None:
         """Register ``function(*args)`` to run as a step if the saga compensates.
         ``step_options`` go to ``ctx.step`` (``name``, ``retry``, ``attempt_timeout``)."""
         if not callable(function):
             raise UsageError(f"Saga.add needs a callable, got {function!r}")
-        self._compensations.append((function, args, step_options))
+        self._compensations.append((function, args, step_options, True))
+
+    def add_code(self, function: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Register ``await function(*args)`` to run as workflow code if the saga compensates:
+        for compensations that use ``ctx.ask``, ``ctx.tell``, children or several steps."""
+        if not callable(function):
+            raise UsageError(f"Saga.add_code needs an async callable, got {function!r}")
+        self._compensations.append((function, args, {}, False))
+
+    @property
+    def pending(self) -> int:
+        """How many compensations have not run (to completion) yet."""
+        return len(self._compensations)
 
     async def compensate(self) -> None:
-        """Run the registered compensations as steps, newest first; each runs once."""
+        """Run the registered compensations, newest first. Each is removed once it completed:
+        if the workflow is cancelled meanwhile, the interrupted one stays registered and a
+        later ``compensate()`` runs it (and the older ones) again."""
         while self._compensations:
-            function, args, options = self._compensations.pop()
-            await self._ctx.step(function, *args, **options)
+            function, args, options, as_step = self._compensations[-1]
+            if as_step:
+                await self._ctx.step(function, *args, **options)
+            else:
+                await function(*args)
+            self._compensations.pop()
