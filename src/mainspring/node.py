@@ -31,6 +31,7 @@ from mainspring.errors import NodeClosed, StoreUnavailable, UsageError
 from mainspring.persistence.journal import Journal
 from mainspring.persistence.store import Store
 from mainspring.seams import Clock, Ids, Random, SeededRandom, SystemClock, SystemIds
+from mainspring.validation import check_id, check_timeout
 
 __all__ = ["Node"]
 
@@ -44,33 +45,13 @@ _MESSAGE_ID_LENGTH_MAX: Final = 256
 
 
 def _check_actor_id(actor_id: object) -> str:
-    if (
-        not isinstance(actor_id, str)
-        or not actor_id
-        or len(actor_id) > _ACTOR_ID_LENGTH_MAX
-        or "\x00" in actor_id
-    ):
-        raise UsageError(
-            f"actor_id must be a non-empty str of at most {_ACTOR_ID_LENGTH_MAX} characters "
-            f"without NUL, got {actor_id!r:.80}"
-        )
-    return actor_id
+    return check_id(actor_id, "actor_id", _ACTOR_ID_LENGTH_MAX)
 
 
 def _check_message_id(message_id: object) -> str | None:
-    if message_id is None:
-        return None
-    if (
-        not isinstance(message_id, str)
-        or not message_id
-        or len(message_id) > _MESSAGE_ID_LENGTH_MAX
-        or "\x00" in message_id
-    ):
-        raise UsageError(
-            f"message_id must be None or a non-empty str of at most {_MESSAGE_ID_LENGTH_MAX} "
-            f"characters without NUL, got {message_id!r:.80}"
-        )
-    return message_id
+    return (
+        None if message_id is None else check_id(message_id, "message_id", _MESSAGE_ID_LENGTH_MAX)
+    )
 
 
 @final
@@ -277,8 +258,7 @@ class Node:
         self._check_running()
         _check_actor_id(actor_id)
         _check_message_id(message_id)
-        if timeout_s is not None and not timeout_s > 0:
-            raise UsageError(f"timeout_s must be None or > 0, got {timeout_s!r}")
+        check_timeout(timeout_s)
         future = self.host.deliver(actor, actor_id, message, message_id, want_reply=True)
         assert future is not None
         if timeout_s is None:

@@ -32,6 +32,7 @@ from mainspring.errors import (
 )
 from mainspring.persistence.store import InstanceInfo
 from mainspring.seams import Ids
+from mainspring.validation import check_id, check_timeout
 
 __all__ = ["WorkflowClient", "WorkflowHandle"]
 
@@ -44,25 +45,7 @@ _RECOVERY_IN_FLIGHT: Final = 32
 
 
 def _check_workflow_id(workflow_id: object) -> str:
-    if (
-        not isinstance(workflow_id, str)
-        or not workflow_id
-        or len(workflow_id) > _ID_LENGTH_MAX
-        or "\x00" in workflow_id
-    ):
-        raise UsageError(
-            f"workflow_id must be a non-empty str of at most {_ID_LENGTH_MAX} characters "
-            f"without NUL, got {workflow_id!r:.80}"
-        )
-    return workflow_id
-
-
-def _check_timeout(timeout_s: object) -> float | None:
-    if timeout_s is None:
-        return None
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not timeout_s > 0:
-        raise UsageError(f"timeout_s must be None or a number > 0, got {timeout_s!r}")
-    return float(timeout_s)
+    return check_id(workflow_id, "workflow_id", _ID_LENGTH_MAX)
 
 
 @final
@@ -186,7 +169,7 @@ class WorkflowClient:
             WorkflowNotFound: no such workflow was started.
         """
         _check_workflow_id(workflow_id)
-        limit = _check_timeout(timeout_s)
+        limit = check_timeout(timeout_s)
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[WorkflowDescription] = loop.create_future()
         waiters = self._services.waiters.setdefault(workflow_id, set())
