@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
 
 import attrs
 
 from mainspring.errors import UsageError
 from mainspring.seams import Random
 
-__all__ = ["NO_RETRIES", "RetryPolicy", "seconds_of"]
+__all__ = ["RetryPolicy", "seconds_of"]
 
 
 def seconds_of(value: object, what: str) -> float:
@@ -116,11 +115,3 @@ class RetryPolicy:
             cap = self.max_interval
         cap = min(cap, self.max_interval)
         return random.random() * cap if self.jitter else cap
-
-    def describe(self) -> dict[str, Any]:
-        """The policy as plain data (for descriptions and logs)."""
-        return attrs.asdict(self)
-
-
-NO_RETRIES = RetryPolicy(max_attempts=1)
-"""A policy that never retries."""

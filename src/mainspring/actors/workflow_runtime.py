@@ -124,6 +124,7 @@ BOOKKEEPING: Final = frozenset(
     {"step_attempt_failed", "step_attempt_started", "paused", "resumed", "stalled", "unstalled",
      "terminated"}
 )  # fmt: skip
+_KINDS: Final = INBOUND | COMMANDS | BOOKKEEPING
 CLOSED_STATUSES: Final = frozenset(
     {"completed", "failed", "cancelled", "terminated", "continued-as-new"}
 )
@@ -406,6 +407,7 @@ def evolve_workflow(state: WorkflowState, event: WorkflowEvent) -> WorkflowState
         head = state.inbox.pop(0)
         assert (head.kind, head.n, head.name) == (event.kind, event.n, event.name), (head, event)
     kind = event.kind
+    assert kind in _KINDS, ("unknown workflow event kind", event)
     if kind == "started":
         if state.phase == "continued-as-new":
             state.previous_runs.append(
