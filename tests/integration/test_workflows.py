@@ -33,6 +33,7 @@ FAST = NodeConfig(
 )
 ALL = [
     w.pipeline,
+    w.bounded_parent,
     w.interrupted,
     w.keys,
     w.saga_workflow,
@@ -449,3 +450,18 @@ async def test_a_compensation_interrupted_by_a_cancel_stays_registered(db: str) 
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_fan_out_over_children_is_bounded(node: Node) -> None:
+    handle = await node.workflows.start(w.bounded_parent, "bp-1", [1, 2, 3, 4, 5])
+    assert await handle.result(timeout_s=20) == [2, 4, 6, 8, 10]
+    events = await node.store.read_events("mainspring.workflow/bp-1")
+    waiting, most = 0, 0
+    for stored in events:
+        event = mainspring.registry.decode(stored.type_name, stored.type_version, stored.payload)
+        if event.kind == "child_started":
+            waiting += 1
+        elif event.kind == "child_finished":
+            waiting -= 1
+        most = max(most, waiting)
+    assert most == 2

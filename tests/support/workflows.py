@@ -262,3 +262,13 @@ async def interrupted(ctx: WorkflowContext, _: None) -> int:
     """One long step."""
     starts: int = await ctx.step(long_the_first_time)
     return starts
+
+
+@mainspring.workflow("test.bounded_parent", max_concurrent_children=2)
+async def bounded_parent(ctx: WorkflowContext, values: list[int]) -> list[Any]:
+    """Fans out over more children than it may wait on at once."""
+    return list(
+        await asyncio.gather(
+            *(ctx.child(child, f"{ctx.workflow_id}-c{i}", v) for i, v in enumerate(values))
+        )
+    )

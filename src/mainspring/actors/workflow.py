@@ -68,13 +68,18 @@ class WorkflowDefinition(Generic[I, R]):
     function: Callable[..., Awaitable[R]]
     input_type: Any
     max_concurrent_steps: int
+    max_concurrent_children: int = 100
 
     async def __call__(self, ctx: WorkflowContext, input: I) -> R:
         return await self.function(ctx, input)
 
 
 def workflow(
-    name: str, *, version: int = 1, max_concurrent_steps: int = 100
+    name: str,
+    *,
+    version: int = 1,
+    max_concurrent_steps: int = 100,
+    max_concurrent_children: int = 100,
 ) -> Callable[[Callable[..., Awaitable[R]]], WorkflowDefinition[Any, R]]:
     """Declare an ``async def f(ctx: WorkflowContext, input) -> result`` as a workflow type.
 
@@ -84,6 +89,8 @@ def workflow(
             registered while its runs finish (or use ``ctx.patched``).
         max_concurrent_steps: the most step attempts one run has in flight at once; further
             steps (a large ``asyncio.gather``) wait for a free slot.
+        max_concurrent_children: the most child workflows one run waits on at once; further
+            ``ctx.child`` calls wait (in the code, deterministically) for one to finish.
 
     The input is decoded as the annotation of the second parameter (an attrs class or a plain
     JSON type); the result must be plain JSON or a registered attrs class.
@@ -95,12 +102,12 @@ def workflow(
         )
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise UsageError(f"workflow version must be an int >= 1, got {version!r}")
-    if (
-        isinstance(max_concurrent_steps, bool)
-        or not isinstance(max_concurrent_steps, int)
-        or max_concurrent_steps < 1
+    for what, bound in (
+        ("max_concurrent_steps", max_concurrent_steps),
+        ("max_concurrent_children", max_concurrent_children),
     ):
-        raise UsageError(f"max_concurrent_steps must be an int >= 1, got {max_concurrent_steps!r}")
+        if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
+            raise UsageError(f"{what} must be an int >= 1, got {bound!r}")
 
     def decorate(function: Callable[..., Awaitable[R]]) -> WorkflowDefinition[Any, R]:
         if not inspect.iscoroutinefunction(function):
@@ -117,7 +124,12 @@ def workflow(
         except NameError:
             hints = {}
         return WorkflowDefinition(
-            name, version, function, hints.get(parameters[1], Any), max_concurrent_steps
+            name,
+            version,
+            function,
+            hints.get(parameters[1], Any),
+            max_concurrent_steps,
+            max_concurrent_children,
         )
 
     return decorate
@@ -408,7 +420,8 @@ class WorkflowContext:
         type_name = definition if isinstance(definition, str) else definition.name
         if not isinstance(child_id, str) or not child_id:
             raise UsageError(f"child_id must be a non-empty str, got {child_id!r}")
-        return cast("R", await self._run.start_child(type_name, child_id, input))
+        async with self._run.child_slots():
+            return cast("R", await self._run.start_child(type_name, child_id, input))
 
     def patched(self, patch_id: str) -> bool:
         """Whether this run takes the new code path of ``patch_id``.

@@ -604,6 +604,7 @@ class WorkflowRun:
         self.queries: dict[str, Callable[..., Any]] = {}
         self.in_query = False
         self.abandoned = False
+        self._child_slots: asyncio.Semaphore | None = None
         self._now_ms = 0
 
     @property
@@ -869,6 +870,12 @@ class WorkflowRun:
                 StartWorkflow(type_name, envelope, 0, self.workflow_id, n),
             )
         return future
+
+    def child_slots(self) -> asyncio.Semaphore:
+        """The bound on children waited on at once (a semaphore of the workflow's loop)."""
+        if self._child_slots is None:
+            self._child_slots = asyncio.Semaphore(self.definition.max_concurrent_children)
+        return self._child_slots
 
     def send_message(self, target_type: str, target_id: str, message: object) -> None:
         self._command("message_sent", name=f"{target_type}/{target_id}")
