@@ -27,11 +27,11 @@ How an order ends
 
 Compensation
     Every reservation and charge that succeeded registers its undo with the saga helper
-    (``ctx.saga()``): ``release_stock`` (an exactly-once ask to ``Inventory`` keyed by the
-    compensation step's idempotency key) and ``refund_charge`` (a refund keyed by its own
-    step's key). A charge whose step failed after transient errors may still have taken effect
-    (a timed-out request), so it registers a refund too: the refund of a charge that never
-    happened answers 404, which counts as nothing to refund.
+    (``ctx.saga()``): ``ctx.ask(Inventory, sku, Release(...))``, registered as workflow code
+    with ``saga.add_code`` (exactly once, like every ``ctx.ask``), and ``refund_charge`` (a
+    refund keyed by its own step's key). A charge whose step failed after transient errors may
+    still have taken effect (a timed-out request), so it registers a refund too: the refund of a
+    charge that never happened answers 404, which counts as nothing to refund.
 
     Steps that are in flight when a failure or a cancellation arrives are *settled* first: they
     run shielded from the cancellation (``asyncio.shield``), and the compensation waits for
@@ -39,13 +39,14 @@ Compensation
     operator's cancel that arrives while an order is already being compensated cannot cut one
     of its steps short.
 
-Steps reach the payment service and the node through ``bind_services`` (called by whoever hosts
-the workflow, before the node starts: recovered workflows run their steps at once).
+Steps reach the payment service through ``bind_services`` (called by whoever hosts the
+workflow, before the node starts: recovered workflows run their steps at once).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import Awaitable, Coroutine
 from typing import Any, Final
@@ -57,7 +58,6 @@ from examples.orders.payments import PaymentDeclined, PaymentError, PaymentsClie
 from mainspring import (
     ActorContext,
     CommandRejected,
-    Node,
     RetryPolicy,
     StepFailed,
     WorkflowContext,
@@ -325,22 +325,21 @@ class OrderInput:
 
 @attrs.define
 class _Services:
-    node: Node
     payments: PaymentsClient
 
 
 _services: list[_Services] = []
 
 
-def bind_services(node: Node, payments: PaymentsClient) -> None:
-    """Give the steps their node (for compensating asks) and payment client; call it before
-    ``node.start()``, since the node resumes recovered workflows as soon as it starts."""
-    _services[:] = [_Services(node, payments)]
+def bind_services(payments: PaymentsClient) -> None:
+    """Give the steps their payment client; call it before ``node.start()``, since the node
+    resumes recovered workflows as soon as it starts."""
+    _services[:] = [_Services(payments)]
 
 
 def _bound() -> _Services:
     if not _services:
-        raise RuntimeError("call examples.orders.model.bind_services(node, payments) first")
+        raise RuntimeError("call examples.orders.model.bind_services(payments) first")
     return _services[0]
 
 
@@ -360,14 +359,6 @@ async def refund_charge(charge_key: str) -> dict[str, Any]:
             return {"refunded": False}
         raise  # transient (503, no answer): retried
     return {"refunded": True, "refund_id": refund["refund_id"]}
-
-
-async def release_stock(sku: str, order_id: str) -> int:
-    """Give back the order's units of ``sku``: an ask keyed by this step's idempotency key, so
-    it is applied once however often the step runs (this is what ``ctx.ask`` does too)."""
-    key = step_context().idempotency_key
-    released: int = await _bound().node.ask(Inventory, sku, Release(order_id), message_id=key)
-    return released
 
 
 async def ship(order_id: str) -> str:
@@ -423,9 +414,8 @@ async def order(ctx: WorkflowContext, order: OrderInput) -> dict[str, Any]:
 
     async def reserve(item: OrderItem) -> None:
         await ctx.ask(Inventory, item.sku, Reserve(order.order_id, item.qty))
-        saga.add(
-            release_stock, item.sku, order.order_id, name=f"release:{item.sku}", retry=UNTIL_DONE
-        )
+        release = Release(order.order_id)
+        saga.add_code(functools.partial(ctx.ask, retry=UNTIL_DONE), Inventory, item.sku, release)
 
     async def charge() -> dict[str, Any]:
         try:

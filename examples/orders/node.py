@@ -227,7 +227,7 @@ async def serve(arguments: argparse.Namespace) -> None:
         config=CONFIG,
     )
     payments = PaymentsClient(arguments.payments, timeout_s=5.0)
-    bind_services(node, payments)  # before the start: recovered orders run steps at once
+    bind_services(payments)  # before the start: recovered orders run steps at once
     try:
         async with node:
             runner = web.AppRunner(build_app(node), access_log=None)

@@ -54,7 +54,7 @@ def make_node(tmp_path: Path, client: PaymentsClient) -> Node:
         workflows=[order],
         config=CONFIG,
     )
-    bind_services(node, client)
+    bind_services(client)
     return node
 
 
@@ -240,7 +240,7 @@ async def test_a_cancel_during_the_charge_waits_for_its_outcome_and_refunds(
     flaky = await start_payments(tmp_path / "flaky.db", failure_rate=1.0)
     flaky_client = PaymentsClient(flaky.url)
     try:
-        bind_services(node, flaky_client)
+        bind_services(flaky_client)
         handle = await node.workflows.start(order, "order-1", an_order("order-1"))
 
         async def charging() -> bool:
@@ -250,7 +250,7 @@ async def test_a_cancel_during_the_charge_waits_for_its_outcome_and_refunds(
         await handle.cancel("changed my mind")
         assert (await handle.describe()).status != "cancelled"  # it waits for the charge
         # ...then the provider recovers: the charge goes through and is refunded.
-        bind_services(node, client)
+        bind_services(client)
         with pytest.raises(WorkflowError) as raised:
             await handle.result(timeout_s=RESULT_S)
         assert raised.value.status == "cancelled"
@@ -268,7 +268,7 @@ async def test_transient_payment_failures_are_retried_with_one_charge(
     flaky = await start_payments(tmp_path / "flaky.db", failure_rate=0.5, seed=3)
     flaky_client = PaymentsClient(flaky.url)
     try:
-        bind_services(node, flaky_client)
+        bind_services(flaky_client)
         handles = [
             await node.workflows.start(
                 order, f"order-{n}", an_order(f"order-{n}", items={"sku-a": 1})
