@@ -28,6 +28,7 @@ from mainspring.actors.workflow_runtime import (
 from mainspring.codec import Registry, registry
 from mainspring.config import NodeConfig
 from mainspring.errors import NodeClosed, StoreUnavailable, UsageError
+from mainspring.observability import Telemetry
 from mainspring.persistence.journal import Journal
 from mainspring.persistence.store import Store
 from mainspring.seams import Clock, Ids, Random, SeededRandom, SystemClock, SystemIds
@@ -70,6 +71,7 @@ class Node:
         random: the random seam (seeded from the OS by default).
         ids: the id seam (UUID4 by default).
         codec: the type registry (the process-wide one by default).
+        telemetry: where the node's metrics and spans go (see ``Telemetry``).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class Node:
         random: Random | None = None,
         ids: Ids | None = None,
         codec: Registry | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if not isinstance(node_id, str) or not _NODE_ID_PATTERN.match(node_id):
             raise UsageError(
@@ -98,6 +101,7 @@ class Node:
         self.random: Final[Random] = random or SeededRandom()
         self.ids: Final[Ids] = ids or SystemIds()
         self.codec: Final = codec or registry
+        self.telemetry: Final = telemetry or Telemetry()
         self.store: Final = store
         self.journal: Final = Journal(
             store,
