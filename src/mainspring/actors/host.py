@@ -470,6 +470,9 @@ class Activation:
             snapshot=snapshot,
             status=status if status != self.status else None,
         )
+        if host.reply_before_commit:  # broken on purpose (mainspring.simulations.selfcheck)
+            for envelope, reply, error in outcomes:
+                _settle(envelope, result=reply, error=error)
         try:
             # The journal directly rather than through _commit: one coroutine fewer per batch.
             await host.journal.append(request)
@@ -550,6 +553,8 @@ class ActorHost:
         self.statistics: Final = HostStatistics()
         self.on_outbox_written: Callable[[], None] = lambda: None
         self.on_timers_set: Callable[[int], None] = lambda due_at_ms: None
+        # A deliberately broken variant for the simulator's self-check: reply before the commit.
+        self.reply_before_commit = False
 
     def actor_type(self, actor: type[Actor[Any]] | str) -> type[Actor[Any]]:
         """The hosted actor class for a class or a type name.
