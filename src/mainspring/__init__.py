@@ -21,6 +21,7 @@ from mainspring.actors.workflow import workflow as workflow
 from mainspring.actors.workflow_client import WorkflowClient as WorkflowClient
 from mainspring.actors.workflow_client import WorkflowHandle as WorkflowHandle
 from mainspring.actors.workflow_runtime import WorkflowDescription as WorkflowDescription
+from mainspring.app import App as App
 from mainspring.codec import Registry as Registry
 from mainspring.codec import event as event
 from mainspring.codec import message as message
@@ -53,6 +54,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Actor",
     "ActorContext",
+    "App",
     "ChildWorkflowFailed",
     "Clock",
     "CodecError",

@@ -8,6 +8,7 @@ import mainspring.persistence
 EXPECTED_TOP_LEVEL = [
     "Actor",
     "ActorContext",
+    "App",
     "ChildWorkflowFailed",
     "Clock",
     "CodecError",

@@ -1,0 +1,114 @@
+"""Store URLs of the command line: ``sqlite:///PATH`` and ``postgresql://...[?schema=NAME]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import attrs
+
+from mainspring.errors import UsageError
+from mainspring.persistence.store import Store
+
+__all__ = ["DEFAULT_STORE_URL", "StoreUrl", "parse_store_url"]
+
+DEFAULT_STORE_URL: Final = "sqlite:///./mainspring.db"
+_POSTGRES_SCHEMES: Final = ("postgresql", "postgres")
+_HELP: Final = (
+    "use sqlite:///RELATIVE/PATH, sqlite:////ABSOLUTE/PATH or "
+    "postgresql://USER@HOST:PORT/DATABASE[?schema=NAME]"
+)
+
+
+@attrs.frozen
+class StoreUrl:
+    """A parsed store URL: ``kind`` is ``"sqlite"`` (``path``) or ``"postgres"`` (``dsn``,
+    ``schema``)."""
+
+    kind: str
+    path: Path | None = None
+    dsn: str | None = None
+    schema: str = "public"
+
+    def open_store(self) -> Store:
+        """A new, unopened store for this URL."""
+        if self.kind == "sqlite":
+            from mainspring.persistence.sqlite import SqliteStore
+
+            assert self.path is not None
+            return SqliteStore(self.path)
+        assert self.kind == "postgres"
+        assert self.dsn is not None
+        from mainspring.persistence.postgres import PostgresStore
+
+        return PostgresStore(self.dsn, schema=self.schema)
+
+    def describe(self) -> str:
+        """The URL without a password, for logs."""
+        if self.kind == "sqlite":
+            return f"sqlite:///{self.path}"
+        assert self.dsn is not None
+        parts = urlsplit(self.dsn)
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        user = f"{parts.username}@" if parts.username else ""
+        return f"{parts.scheme}://{user}{host}{parts.path} (schema {self.schema})"
+
+
+def parse_store_url(url: str) -> StoreUrl:
+    """Parse ``url``.
+
+    Raises:
+        UsageError: the scheme is not ``sqlite`` or ``postgresql``, or the URL is malformed.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise UsageError(f"the store URL must not be empty; {_HELP}")
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        raise UsageError(f"store URL {url!r} has no scheme; {_HELP}")
+    scheme = scheme.lower()
+    if scheme == "sqlite":
+        return _sqlite(url, rest)
+    if scheme in _POSTGRES_SCHEMES:
+        return _postgres(url)
+    raise UsageError(f"store URL {url!r} has the unsupported scheme {scheme!r}; {_HELP}")
+
+
+def _sqlite(url: str, rest: str) -> StoreUrl:
+    if not rest.startswith("/"):
+        raise UsageError(
+            f"SQLite store URL {url!r} names a host; SQLite URLs have three slashes: {_HELP}"
+        )
+    if "?" in rest or "#" in rest:
+        raise UsageError(f"SQLite store URL {url!r} takes no query or fragment; {_HELP}")
+    path_text = rest[1:]
+    if not path_text or path_text.endswith("/"):
+        raise UsageError(f"SQLite store URL {url!r} names no file; {_HELP}")
+    if path_text == ":memory:":
+        raise UsageError(
+            f"store URL {url!r} names an in-memory database, which a node process would lose "
+            "on exit; name a file"
+        )
+    return StoreUrl("sqlite", path=Path(path_text))
+
+
+def _postgres(url: str) -> StoreUrl:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a non-numeric or out-of-range port
+    except ValueError as error:
+        raise UsageError(f"PostgreSQL store URL {url!r} is malformed: {error}; {_HELP}") from None
+    if not parts.hostname and "host=" not in parts.query:
+        raise UsageError(f"PostgreSQL store URL {url!r} names no host; {_HELP}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [value for name, value in query if name == "schema"]
+    if len(schemas) > 1:
+        raise UsageError(f"PostgreSQL store URL {url!r} gives 'schema' more than once")
+    schema = schemas[0] if schemas else "public"
+    if not schema:
+        raise UsageError(f"PostgreSQL store URL {url!r} has an empty 'schema'")
+    others = urlencode([(name, value) for name, value in query if name != "schema"])
+    dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, others, ""))
+    return StoreUrl("postgres", dsn=dsn, schema=schema)
