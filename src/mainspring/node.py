@@ -22,6 +22,7 @@ from mainspring.actors.workflow import WorkflowDefinition
 from mainspring.actors.workflow_client import WorkflowClient
 from mainspring.actors.workflow_runtime import (
     WORKFLOW_ACTOR_TYPE,
+    WorkflowActorBase,
     WorkflowServices,
     workflow_actor_type,
 )
@@ -152,11 +153,13 @@ class Node:
         log.info("NodeStarted", extra={"node_id": self.node_id})
 
     async def stop(self) -> None:
-        """Stop accepting messages, drain mailboxes (up to ``shutdown_timeout_s``), snapshot and
-        release leases, and close the store. Idempotent."""
+        """Stop accepting messages, let step attempts in flight finish and drain mailboxes
+        (each for up to ``shutdown_timeout_s``), snapshot and release leases, and close the
+        store. Idempotent."""
         if self._state in {"stopping", "stopped"}:
             return
         self._state = "stopping"
+        await self._settle_steps()
         for task in self._tasks:
             task.cancel()
         results = await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -169,6 +172,25 @@ class Node:
         await self.store.close()
         self._state = "stopped"
         log.info("NodeStopped", extra={"node_id": self.node_id})
+
+    async def _settle_steps(self) -> None:
+        """Let the step attempts in flight finish and their outcomes commit, for up to
+        ``shutdown_timeout_s``: an attempt cut short runs again after a restart, repeating its
+        side effects (safe with idempotency keys, but a second call all the same)."""
+        attempts = [
+            slot.task
+            for activation in list(self.host.live.values())
+            if isinstance(activation.actor, WorkflowActorBase) and activation.actor.run is not None
+            for slot in activation.actor.run.steps.values()
+            if slot.task is not None
+        ]
+        if not attempts:
+            return
+        _, pending = await asyncio.wait(attempts, timeout=self.config.shutdown_timeout_s)
+        if pending:
+            log.warning(
+                "ShutdownAbandonedSteps", extra={"node_id": self.node_id, "steps": len(pending)}
+            )
 
     async def __aenter__(self) -> Self:
         await self.start()
