@@ -14,11 +14,13 @@ from mainspring import Node, NodeConfig, WorkflowContext
 from mainspring.persistence.sqlite import SqliteStore
 
 attempts: list[str] = []
-release = asyncio.Event()
+step_started: list[asyncio.Event] = []
 
 
 async def slow_call(label: str) -> str:
     attempts.append(label)
+    for event in step_started:
+        event.set()
     await asyncio.sleep(0.5)
     return f"{label}-done"
 
@@ -34,14 +36,15 @@ async def test_a_step_in_flight_finishes_before_the_node_stops(tmp_path: Path) -
     restart). Method: start a workflow whose one step takes 0.5 s, stop the node while the
     step runs, restart over the same file, and count the step's attempts."""
     attempts.clear()
+    started = asyncio.Event()
+    step_started[:] = [started]
     db = tmp_path / "graceful.db"
     config = NodeConfig(shutdown_timeout_s=10.0)
     node = Node("graceful-1", store=SqliteStore(db), workflows=[one_slow_step], config=config)
     async with node:
         await node.workflows.start(one_slow_step, "wf-1", "a")
         async with asyncio.timeout(10):
-            while not attempts:
-                await asyncio.sleep(0.01)
+            await started.wait()
     # The step was running when the stop began; it finished and its outcome was recorded.
     restarted = Node("graceful-1", store=SqliteStore(db), workflows=[one_slow_step], config=config)
     async with restarted:
