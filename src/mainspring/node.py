@@ -133,6 +133,11 @@ class Node:
 
     # Lifecycle ----------------------------------------------------------------------------------
 
+    @property
+    def state(self) -> str:
+        """``new``, ``starting``, ``running``, ``stopping`` or ``stopped``."""
+        return self._state
+
     async def start(self) -> None:
         """Open the store and start the node's background work.
 

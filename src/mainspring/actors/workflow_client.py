@@ -19,6 +19,7 @@ from mainspring.actors.workflow_runtime import (
     QueryWorkflow,
     RecoverWorkflow,
     SignalWorkflow,
+    StartReply,
     StartWorkflow,
     WorkflowDescription,
     WorkflowServices,
@@ -130,6 +131,24 @@ class WorkflowClient:
             UsageError: the type or version is not registered on this node.
             CodecError: the input cannot be encoded.
         """
+        await self.start_with_outcome(workflow, workflow_id, input, version=version)
+        return WorkflowHandle(self, workflow_id)
+
+    async def start_with_outcome(
+        self,
+        workflow: WorkflowDefinition[Any, Any] | str,
+        workflow_id: str,
+        input: Any = None,
+        *,
+        version: int | None = None,
+    ) -> StartReply:
+        """``start``, replying whether this call created the workflow (``created``) or found
+        it already started with the same type and input, and its description then (with
+        ``result`` still encoded as a value envelope).
+
+        Raises:
+            The same errors as ``start``.
+        """
         type_name = self._type_name(workflow)
         _check_workflow_id(workflow_id)
         if version is not None and (
@@ -137,8 +156,10 @@ class WorkflowClient:
         ):
             raise UsageError(f"version must be None or an int >= 1, got {version!r}")
         envelope = self._host.codec.to_value(input)
-        await self._ask(workflow_id, StartWorkflow(type_name, envelope, version or 0))
-        return WorkflowHandle(self, workflow_id)
+        reply = await self._ask(workflow_id, StartWorkflow(type_name, envelope, version or 0))
+        assert isinstance(reply, StartReply), reply
+        assert reply.description.workflow_id == workflow_id, reply
+        return reply
 
     def handle(self, workflow_id: str) -> WorkflowHandle:
         """A handle to an existing workflow (nothing is checked until it is used)."""

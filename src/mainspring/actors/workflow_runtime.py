@@ -82,6 +82,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLOSED_STATUSES",
     "WORKFLOW_ACTOR_TYPE",
+    "StartReply",
     "WorkflowDescription",
     "WorkflowEvent",
     "WorkflowRun",
@@ -334,6 +335,16 @@ class WorkflowDescription:
     def closed(self) -> bool:
         """Whether the run ended (completed, failed, cancelled, terminated, continued)."""
         return self.status in CLOSED_STATUSES
+
+
+@register_state("mainspring.workflow.start_reply", 1)
+@attrs.frozen
+class StartReply:
+    """The reply to ``StartWorkflow``: the workflow's description (``result`` still encoded)
+    and whether this start created it (False: it already existed with the same type and input)."""
+
+    description: WorkflowDescription
+    created: bool
 
 
 def _describe(workflow_id: str, state: WorkflowState) -> WorkflowDescription:
@@ -1295,7 +1306,7 @@ class WorkflowActorBase(Actor[WorkflowState]):
                 raise self._refusal(ctx, UsageError(found))
             self._start_run(ctx, found, message.input, 1, message.parent_id, message.parent_command)
             self._pump(ctx)
-            return _describe(self.workflow_id, ctx.state)
+            return StartReply(_describe(self.workflow_id, ctx.state), created=True)
         if state.workflow_type != message.workflow_type:
             reason = f"type {state.workflow_type!r} (not {message.workflow_type!r})"
         elif _canonical(state.start_input) != _canonical(message.input):
@@ -1304,7 +1315,7 @@ class WorkflowActorBase(Actor[WorkflowState]):
             reason = f"another parent ({state.parent_id or 'none'!r})"
         else:
             self._pump(ctx)
-            return _describe(self.workflow_id, state)
+            return StartReply(_describe(self.workflow_id, state), created=False)
         if message.parent_id:
             return self._refuse_child(ctx, message, str(WorkflowConflict(self.workflow_id, reason)))
         raise self._refusal(ctx, WorkflowConflict(self.workflow_id, reason))
