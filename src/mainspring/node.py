@@ -111,6 +111,7 @@ class Node:
             commits_in_flight_max=self.config.journal_commits_in_flight_max,
         )
         self.workflow_services: Final = WorkflowServices()
+        self.workflow_services.telemetry = self.telemetry
         workflow_actor = workflow_actor_type(workflows, self.workflow_services)
         if any(getattr(a, "type_name", None) == WORKFLOW_ACTOR_TYPE for a in actors):
             raise UsageError(f"actor type name {WORKFLOW_ACTOR_TYPE!r} is reserved for workflows")
@@ -127,9 +128,20 @@ class Node:
         self.workflows: Final = WorkflowClient(self.host, self.workflow_services, self.ids)
         """Start, signal, query, cancel and await workflows (see ``WorkflowClient``)."""
         self.scan_statistics: Final = ScanStatistics()
+        self._wire_telemetry()
         self._tasks: list[asyncio.Task[None]] = []
         self._state = "new"
         self._unwire: Callable[[], None] = lambda: None
+
+    def _wire_telemetry(self) -> None:
+        telemetry = self.telemetry
+        if not isinstance(telemetry, Telemetry):
+            raise UsageError(f"telemetry must be a Telemetry, got {type(telemetry).__name__}")
+        telemetry.observe(self)
+        if telemetry.tracing:
+            self.host.tracer = telemetry.tracer
+            self.journal.tracer = telemetry.tracer
+        self.journal.on_commit = telemetry.journal_committed
 
     # Lifecycle ----------------------------------------------------------------------------------
 
@@ -155,6 +167,8 @@ class Node:
         self._spawn(relay.run(), "outbox-relay")
         self._state = "running"
         self._spawn(self._recover_workflows(), "workflow-recovery")
+        if self.telemetry.workflow_counts_interval_s is not None:
+            self._spawn(self._count_workflows(self.telemetry.workflow_counts_interval_s), "metrics")
         log.info("NodeStarted", extra={"node_id": self.node_id})
 
     async def stop(self) -> None:
@@ -229,6 +243,15 @@ class Node:
                 skip_live = True
             await asyncio.sleep(self.config.workflow_recovery_interval_s)
 
+    async def _count_workflows(self, interval_s: float) -> None:
+        """Keep ``mainspring_workflows`` (counts by status from the instance index) fresh."""
+        while True:
+            try:
+                await self.telemetry.refresh_workflow_counts()
+            except StoreUnavailable as error:
+                log.debug("WorkflowCountFailed", extra={"error": str(error)})
+            await asyncio.sleep(interval_s)
+
     async def _renew_leases(self) -> None:
         config = self.config
         while True:
@@ -243,6 +266,8 @@ class Node:
             except StoreUnavailable as error:
                 log.warning("LeaseRenewalFailed", extra={"error": str(error)})
                 continue
+            assert len(lost) <= len(held), (len(lost), len(held))
+            self.host.statistics.leases_renewed += len(held) - len(lost)
             if lost:
                 log.warning("LeasesLost", extra={"streams": len(lost)})
                 self.host.lost_leases(lost)

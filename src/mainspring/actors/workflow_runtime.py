@@ -74,6 +74,7 @@ from mainspring.errors import (
     WorkflowConflict,
     WorkflowNotFound,
 )
+from mainspring.observability import Telemetry, current_traceparent, trace_context
 from mainspring.seams import SeededRandom
 
 if TYPE_CHECKING:
@@ -241,6 +242,9 @@ class StartWorkflow:
     version: int = 0
     parent_id: str = ""
     parent_command: int = 0
+    traceparent: str = attrs.field(factory=current_traceparent)
+    """The W3C trace context of the span the start was made in (taken when the message is
+    built): the run's step attempts are traced as its children, on any node, after restarts."""
 
 
 @register_message("mainspring.workflow.signal", 1)
@@ -617,6 +621,8 @@ class WorkflowRun:
         self.abandoned = False
         self._child_slots: asyncio.Semaphore | None = None
         self._now_ms = 0
+        self.traceparent = ""
+        """The trace the run's start was made in (``""``: none)."""
 
     @property
     def codec(self) -> Registry:
@@ -664,6 +670,7 @@ class WorkflowRun:
             data = event.data
             self.rng = SeededRandom(data["seed"])
             self.next_command = data["first_command"]
+            self.traceparent = data.get("traceparent", "")
             workflow_input = self.codec.from_value(data["input"], self.definition.input_type)
             self.main = self.loop.create_task(
                 cast(
@@ -935,6 +942,9 @@ class WorkflowRun:
         return found
 
     def start_attempt(self, slot: _StepSlot, attempt: int) -> None:
+        telemetry = self.shell.services.telemetry
+        if telemetry is not None:
+            telemetry.step_attempt(slot.name)
         slot.task = asyncio.get_running_loop().create_task(
             self._attempt(slot, attempt),
             name=f"mainspring-step:{self.workflow_id}/{slot.n}#{attempt}",
@@ -959,7 +969,7 @@ class WorkflowRun:
         _CURRENT_STEP.set(step)
         outcome: StepOutcome
         try:
-            value = await self._call_step(slot, last_beat)
+            value = await self._call_step_observed(slot, attempt, last_beat)
             try:
                 envelope = self.codec.to_value(value)
             except CodecError as error:
@@ -985,6 +995,25 @@ class WorkflowRun:
         finally:
             if slot.task is asyncio.current_task():
                 slot.task = None
+
+    async def _call_step_observed(
+        self, slot: _StepSlot, attempt: int, last_beat: list[float]
+    ) -> Any:
+        """``_call_step`` inside a span of the run's trace (when the node traces)."""
+        telemetry = self.shell.services.telemetry
+        if telemetry is None or not telemetry.tracing:
+            return await self._call_step(slot, last_beat)
+        with telemetry.tracer.start_as_current_span(
+            f"step {slot.name}",
+            context=trace_context(self.traceparent),
+            attributes={
+                "mainspring.workflow_id": self.workflow_id,
+                "mainspring.step": slot.n,
+                "mainspring.step_name": slot.name,
+                "mainspring.attempt": attempt,
+            },
+        ):
+            return await self._call_step(slot, last_beat)
 
     async def _call_step(self, slot: _StepSlot, last_beat: list[float]) -> Any:
         function = slot.function
@@ -1042,6 +1071,8 @@ class WorkflowServices:
         self.stalls = 0
         self.replays = 0
         self.events_replayed = 0
+        self.telemetry: Telemetry | None = None
+        """Where workflow and step metrics and step spans go (set by the node)."""
 
     def closed(self, description: WorkflowDescription) -> None:
         """A run ended: wake whoever waits for its result on this node."""
@@ -1216,8 +1247,11 @@ class WorkflowActorBase(Actor[WorkflowState]):
         latest = versions[max(versions)]
         self._stop_work(ctx, state)
         assert self.run is not None
+        traceparent = self.run.traceparent
         self.run.abandon()
-        self._start_run(ctx, latest, data["input"], state.next_command, state.parent_id, 0)
+        self._start_run(
+            ctx, latest, data["input"], state.next_command, state.parent_id, 0, traceparent
+        )
         ctx.request_snapshot()
 
     def _start_run(
@@ -1228,21 +1262,25 @@ class WorkflowActorBase(Actor[WorkflowState]):
         first_command: int,
         parent_id: str,
         parent_command: int,
+        traceparent: str = "",
     ) -> None:
         seed = int.from_bytes(self.host.random.randbytes(8), "big")
+        data = {
+            "input": envelope,
+            "seed": seed,
+            "first_command": first_command,
+            "parent_id": parent_id,
+            "parent_command": parent_command,
+        }
+        if traceparent:
+            data["traceparent"] = traceparent
         started = WorkflowEvent(
-            "started",
-            name=definition.name,
-            attempt=definition.version,
-            at_ms=ctx.now_ms(),
-            data={
-                "input": envelope,
-                "seed": seed,
-                "first_command": first_command,
-                "parent_id": parent_id,
-                "parent_command": parent_command,
-            },
-        )
+            "started", name=definition.name, attempt=definition.version, at_ms=ctx.now_ms(),
+            data=data,
+        )  # fmt: skip
+        telemetry = self.services.telemetry
+        if telemetry is not None:
+            ctx.after_commit(lambda: telemetry.workflow_started(definition.name))
         self.run = WorkflowRun(self, definition, self.workflow_id, ctx.state.run + 1)
         self._replayed = True
         self._apply_live(ctx, started)
@@ -1274,6 +1312,10 @@ class WorkflowActorBase(Actor[WorkflowState]):
         description = _describe(self.workflow_id, state)
         services = self.services
         ctx.after_commit(lambda: services.closed(description))
+        telemetry = services.telemetry
+        if telemetry is not None:
+            type_name, status = state.workflow_type, state.status
+            ctx.after_commit(lambda: telemetry.workflow_closed(type_name, status))
 
     def _pump(self, ctx: ActorContext[WorkflowState]) -> None:
         """After the commit: start the attempts that are due."""
@@ -1304,7 +1346,10 @@ class WorkflowActorBase(Actor[WorkflowState]):
                 if message.parent_id:
                     return self._refuse_child(ctx, message, found)
                 raise self._refusal(ctx, UsageError(found))
-            self._start_run(ctx, found, message.input, 1, message.parent_id, message.parent_command)
+            self._start_run(
+                ctx, found, message.input, 1, message.parent_id, message.parent_command,
+                message.traceparent,
+            )  # fmt: skip
             self._pump(ctx)
             return StartReply(_describe(self.workflow_id, ctx.state), created=True)
         if state.workflow_type != message.workflow_type:
@@ -1567,14 +1612,31 @@ class WorkflowActorBase(Actor[WorkflowState]):
                 )
             )  # fmt: skip
             ctx.set_reminder_at_ms(f"step:{message.n}", retry_at_ms)
+            self._count_step_error(ctx, info.name, message.error, retry=True)
             return
         else:
             assert message.error is not None
             event = WorkflowEvent(
                 "step_failed", message.n, info.name, now, message.error, message.attempt
             )
+            self._count_step_error(ctx, info.name, message.error, retry=False)
         self._inbound(ctx, event)
         self._pump(ctx)
+
+    def _count_step_error(
+        self,
+        ctx: ActorContext[WorkflowState],
+        step: str,
+        error: dict[str, Any] | None,
+        *,
+        retry: bool,
+    ) -> None:
+        telemetry = self.services.telemetry
+        if telemetry is None:
+            return
+        error_type = str((error or {}).get("type", "unknown"))
+        record = telemetry.step_retry if retry else telemetry.step_failed
+        ctx.after_commit(lambda: record(step, error_type))
 
     @handler
     def on_reminder(self, ctx: ActorContext[WorkflowState], message: Reminder) -> None:

@@ -17,7 +17,7 @@ from mainspring.simulations.checkers import (
     check_replay_equals_memory,
     run_checks,
 )
-from mainspring.simulations.clock import EPOCH_MS, SimClock, SimIds, SimRandom
+from mainspring.simulations.clock import EPOCH_MS, ClockFaults, SimClock, SimIds, SimRandom
 from mainspring.simulations.faults import (
     Acknowledgement,
     AppendRecord,
@@ -34,17 +34,30 @@ from mainspring.simulations.loop import (
     SimulationEscape,
     SimulationStuck,
 )
-from mainspring.simulations.world import NodeDown, SimulationResult, World, run_simulation
+from mainspring.simulations.network import Network, NetworkFaults
+from mainspring.simulations.profile import FaultProfile, StepFaults
+from mainspring.simulations.world import (
+    InjectedStepError,
+    NodeDown,
+    SimulationResult,
+    World,
+    run_simulation,
+)
 
 __all__ = [
     "EPOCH_MS",
     "Acknowledgement",
     "AppendRecord",
     "Checker",
+    "ClockFaults",
     "Deadlock",
+    "FaultProfile",
     "FaultyStore",
+    "InjectedStepError",
     "InvariantViolation",
     "LeaseGrant",
+    "Network",
+    "NetworkFaults",
     "NodeDown",
     "NodeTag",
     "SimClock",
@@ -55,6 +68,7 @@ __all__ = [
     "SimulationEscape",
     "SimulationResult",
     "SimulationStuck",
+    "StepFaults",
     "StoreContents",
     "StoreFaults",
     "StoreHistory",

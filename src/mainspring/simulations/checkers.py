@@ -24,6 +24,14 @@ from mainspring.simulations.loop import SimulationError
 if TYPE_CHECKING:
     from mainspring.simulations.world import World
 
+
+def shared_store(store: Store) -> Store:
+    """The store behind a simulated node's view of it (the world gives each node a view whose
+    ``close`` does nothing, so one node's stop does not close the store for the others)."""
+    shared = getattr(store, "shared", None)
+    return shared if shared is not None else store
+
+
 __all__ = [
     "BUILTIN_CHECKERS",
     "Checker",
@@ -42,7 +50,22 @@ _READ_PAGE: Final = 10_000
 
 
 class InvariantViolation(SimulationError):
-    """A run broke an invariant; the message names the invariant, the stream and the evidence."""
+    """A run broke an invariant; the message names the invariant, the stream and the evidence.
+
+    Args:
+        message: what broke; a message of the form ``"[name] evidence"`` names the invariant.
+        invariant: the invariant's short name (by default the ``[name]`` the message starts
+            with, else ``"user invariant"``).
+    """
+
+    def __init__(self, message: str, invariant: str | None = None) -> None:
+        super().__init__(message)
+        if invariant is None:
+            if message.startswith("[") and "]" in message:
+                invariant = message[1 : message.index("]")]
+            else:
+                invariant = "user invariant"
+        self.invariant = invariant
 
 
 @attrs.frozen
@@ -313,7 +336,7 @@ async def run_checks(world: World, extra: Sequence[Checker] = ()) -> None:
         for checker in checkers:
             checker(contents, store.history)
         for _, node in world.running_nodes():
-            if node.store is not store:
+            if shared_store(node.store) is not store:
                 continue
             for actor_cls in node.host.types.values():
                 check_replay_equals_memory(node, actor_cls, contents)

@@ -12,16 +12,73 @@ from __future__ import annotations
 import uuid
 from typing import Final, final
 
+import attrs
+
 from mainspring.simulations.loop import SimLoop
 from mainspring.simulations.seeds import substream
 
-__all__ = ["EPOCH_MS", "SimClock", "SimIds", "SimRandom"]
+__all__ = ["EPOCH_MS", "ClockFaults", "SimClock", "SimIds", "SimRandom"]
 
 EPOCH_MS: Final = 1_767_225_600_000
 """The wall time at virtual time zero: 2026-01-01T00:00:00Z. Fixed, so traces that show wall
 times are the same in every run."""
 
 _PPM: Final = 1_000_000
+
+
+def _non_negative_int(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{attribute.name} must be an int >= 0, got {value!r}")
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"{attribute.name} must be a number >= 0, got {value!r}")
+
+
+@attrs.frozen
+class ClockFaults:
+    """How wrong the nodes' clocks are (all zero: every clock reads true virtual time).
+
+    Attributes:
+        offset_ms_max: each node's wall clock starts off by a seeded offset in
+            ``[-offset_ms_max, offset_ms_max]``.
+        drift_ppm_max: each node's clocks run fast or slow by a seeded rate in
+            ``[-drift_ppm_max, drift_ppm_max]`` parts per million (below 1,000,000).
+        jump: expected wall-clock jumps per node per virtual minute (an NTP step), forwards
+            or backwards.
+        jump_ms_max: each jump moves the wall clock by up to this much, either way.
+    """
+
+    offset_ms_max: int = attrs.field(default=0, validator=_non_negative_int)
+    drift_ppm_max: int = attrs.field(default=0, validator=_non_negative_int)
+    jump: float = attrs.field(default=0.0, validator=_non_negative)
+    jump_ms_max: int = attrs.field(default=0, validator=_non_negative_int)
+
+    def __attrs_post_init__(self) -> None:
+        if self.drift_ppm_max >= _PPM:
+            raise ValueError(f"drift_ppm_max must be < {_PPM}, got {self.drift_ppm_max}")
+
+    @property
+    def active(self) -> bool:
+        """Whether any clock fault is on."""
+        return bool(self.offset_ms_max or self.drift_ppm_max or (self.jump and self.jump_ms_max))
+
+    def describe(self) -> str:
+        """A one-line summary."""
+        return (
+            f"offset_ms_max={self.offset_ms_max} drift_ppm_max={self.drift_ppm_max} "
+            f"jump={self.jump:.3f}/min jump_ms_max={self.jump_ms_max}"
+        )
+
+    def scaled(self, factor: float) -> ClockFaults:
+        """Every offset, drift, rate and jump multiplied by ``factor``."""
+        return ClockFaults(
+            offset_ms_max=int(self.offset_ms_max * factor),
+            drift_ppm_max=int(self.drift_ppm_max * factor),
+            jump=self.jump * factor,
+            jump_ms_max=int(self.jump_ms_max * factor),
+        )
 
 
 @final

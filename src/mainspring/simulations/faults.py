@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from typing import Final, Literal, final
+from typing import Final, Literal, Protocol, final
 
 import attrs
 
@@ -35,7 +35,8 @@ from mainspring.persistence.store import (
     StreamHead,
     Timer,
 )
-from mainspring.simulations.loop import SimLoop, current_node
+from mainspring.simulations.loop import SimLoop, SimulationError, current_node
+from mainspring.simulations.network import Network, store_endpoint
 from mainspring.simulations.seeds import Stream
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "LeaseGrant",
     "StoreFaults",
     "StoreHistory",
+    "StoreObserver",
 ]
 
 AppendOutcome = Literal["ok", "fenced", "conflict", "error", "ambiguous"]
@@ -249,6 +251,82 @@ def _outcome_of(result: AppendResult) -> AppendOutcome:
     return "conflict"
 
 
+class StoreObserver(Protocol):
+    """Who a ``FaultyStore`` tells what it saw (the ``World``)."""
+
+    def sometimes(self, name: str, detail: str = "") -> None:
+        """A targeted fault reached its code (e.g. a zombie write was fenced)."""
+        ...
+
+    def violation(self, error: SimulationError) -> None:
+        """An invariant broke: stop the run."""
+        ...
+
+
+class _IncrementalChecks:
+    """The invariants a ``FaultyStore`` checks at each commit and grant, as it happens, so a
+    violation stops the run at the operation that caused it (the checkers of
+    ``mainspring.simulations.checkers`` judge the final contents again at the end)."""
+
+    def __init__(self) -> None:
+        self.heads: dict[str, int] = {}
+        self.epochs: dict[str, int] = {}
+        self.owners: dict[tuple[str, int], str] = {}
+        self.messages: dict[tuple[str, str], AppendRecord] = {}
+
+    def grant(self, grant: LeaseGrant) -> str | None:
+        """A violation message, or None."""
+        key = (grant.stream_id, grant.epoch)
+        owner = self.owners.setdefault(key, grant.owner)
+        if owner != grant.owner:
+            return (
+                f"[no stale-epoch commit] {grant.stream_id}: epoch {grant.epoch} granted to "
+                f"{owner} and then to {grant.owner} ({grant.describe()})"
+            )
+        previous = self.epochs.get(grant.stream_id, 0)
+        if grant.epoch <= previous:
+            return (
+                f"[no stale-epoch commit] {grant.stream_id}: {grant.describe()} does not raise "
+                f"the epoch above {previous}"
+            )
+        self.epochs[grant.stream_id] = grant.epoch
+        return None
+
+    def commit(self, append: AppendRecord, newest_before: LeaseGrant | None) -> str | None:
+        """A violation message for a committed append, or None."""
+        stream_id = append.stream_id
+        if newest_before is not None and append.epoch < newest_before.epoch:
+            return (
+                f"[no stale-epoch commit] {stream_id}: {append.describe()} was committed under "
+                f"epoch {append.epoch} after {newest_before.describe()}: a deposed owner wrote"
+            )
+        owner = self.owners.get((stream_id, append.epoch))
+        node_name = append.node.partition("#")[0]
+        if owner is not None and node_name not in {owner, "world"}:
+            return (
+                f"[no stale-epoch commit] {stream_id}: {append.describe()} committed under "
+                f"epoch {append.epoch}, which was granted to {owner}"
+            )
+        head = self.heads.get(stream_id)
+        if head is not None and append.expected_seq != head:
+            return (
+                f"[gapless] {stream_id}: {append.describe()} committed on top of seq "
+                f"{append.expected_seq} but the stream's head was {head}"
+            )
+        self.heads[stream_id] = append.new_head_seq
+        for message_id in dict.fromkeys(append.message_ids):
+            if message_id is None:
+                continue
+            earlier = self.messages.setdefault((stream_id, message_id), append)
+            if earlier is not append:
+                return (
+                    f"[no message applied twice] {stream_id}: message {message_id!r} was "
+                    f"applied 2 times: seq {earlier.expected_seq + 1} ({earlier.describe()}); "
+                    f"seq {append.expected_seq + 1} ({append.describe()})"
+                )
+        return None
+
+
 @final
 class FaultyStore:
     """A ``Store`` that delegates to ``inner``, injecting seeded faults and recording history.
@@ -260,6 +338,10 @@ class FaultyStore:
         history: where to record; pass one ``StoreHistory`` to several wrappers of one store.
         node_profiles: fault rates for the calls of particular nodes (by node name), e.g. a
             node with a slow link to the database; the others get ``profile``.
+        network: the simulated network: a node cut from ``store:<label>`` by a partition gets
+            its calls failed, or held until the partition heals and then delivered (late).
+        observer: told of targeted faults that reached their code and of violations.
+        check: check every committed append and lease grant as it happens.
 
     Attributes:
         inner: the wrapped store.
@@ -279,6 +361,9 @@ class FaultyStore:
         history: StoreHistory | None = None,
         node_profiles: Mapping[str, StoreFaults] | None = None,
         label: str = "store",
+        network: Network | None = None,
+        observer: StoreObserver | None = None,
+        check: bool = False,
     ) -> None:
         self.inner: Final = inner
         self.label: Final = label
@@ -288,6 +373,11 @@ class FaultyStore:
         self.faults_enabled = True
         self._stream = stream
         self._scripted: list[tuple[str, FaultKind]] = []
+        self._network = network
+        self._observer = observer
+        self._checks: _IncrementalChecks | None = _IncrementalChecks() if check else None
+        self._grants: dict[str, list[LeaseGrant]] = {}
+        """Per stream: every grant, for the incremental checks."""
 
     # Fault decisions --------------------------------------------------------------------------
 
@@ -303,7 +393,41 @@ class FaultyStore:
             return self.node_profiles[tag.name]
         return self.profile
 
+    async def _link(self, operation: str) -> None:
+        """A node cut from this store by a partition: its call fails at once, or hangs until
+        the partition heals and is then delivered (a late write, which fencing must stop)."""
+        network = self._network
+        tag = current_node()
+        if network is None or tag is None:
+            return
+        endpoint = store_endpoint(self.label)
+        if network.connected(tag.name, endpoint):
+            return
+        loop = asyncio.get_running_loop()
+        if self._stream.random() < 0.5:
+            if isinstance(loop, SimLoop):
+                loop.trace("store.partitioned", f"{self.label} {operation} failed")
+            raise StoreUnavailable(f"partitioned: {operation} cannot reach the store")
+        if isinstance(loop, SimLoop):
+            loop.trace("store.partitioned", f"{self.label} {operation} held")
+        await network.wait_connected(tag.name, endpoint)
+        if isinstance(loop, SimLoop):
+            loop.trace("store.late", f"{self.label} {operation} delivered after the partition")
+
+    def _tell(self, name: str, detail: str = "") -> None:
+        if self._observer is not None:
+            self._observer.sometimes(name, detail)
+
+    def _violated(self, message: str) -> None:
+        from mainspring.simulations.checkers import InvariantViolation
+
+        error = InvariantViolation(message)
+        if self._observer is not None:
+            self._observer.violation(error)
+        raise error
+
     async def _delay(self) -> None:
+        await self._link("read")
         profile = self._profile()
         if not self.faults_enabled or profile.latency_ms_max == 0:
             return
@@ -336,6 +460,7 @@ class FaultyStore:
 
     async def _write_prologue(self, operation: str) -> FaultKind | None:
         """Delay, draw the fault, and raise it at once when it strikes before the commit."""
+        await self._link(operation)
         await self._delay()
         fault = self._fault(operation)
         if fault == "error_before_commit":
@@ -367,20 +492,38 @@ class FaultyStore:
         """See ``Store.acquire_lease``; grants are recorded, lost acknowledgements included."""
         fault = await self._write_prologue("acquire_lease")
         lease = await self.inner.acquire_lease(stream_id, owner, now_ms, ttl_ms, steal=steal)
-        self.history.leases.append(
-            LeaseGrant(
-                index=self.history.next_index(),
-                virtual_ns=_now_ns(),
-                node=_node(),
-                stream_id=stream_id,
-                owner=lease.owner,
-                epoch=lease.epoch,
-                acknowledged=fault is None,
-            )
+        grant = LeaseGrant(
+            index=self.history.next_index(),
+            virtual_ns=_now_ns(),
+            node=_node(),
+            stream_id=stream_id,
+            owner=lease.owner,
+            epoch=lease.epoch,
+            acknowledged=fault is None,
         )
+        previous = self._previous_grant(stream_id)
+        self.history.leases.append(grant)
+        self._grants.setdefault(stream_id, []).append(grant)
+        if self._checks is not None:
+            message = self._checks.grant(grant)
+            if message is not None:
+                self._violated(message)
+        if previous is not None and previous.owner != grant.owner:
+            self._tell("lease_taken_over", f"{stream_id} {previous.owner}->{grant.owner}")
+            network = self._network
+            if network is not None and not network.connected(
+                previous.owner, store_endpoint(self.label)
+            ):
+                self._tell("lease_taken_over_after_partition", stream_id)
         if fault == "lost_ack":
             raise self._lose_ack("acquire_lease")
         return lease
+
+    def _previous_grant(self, stream_id: str) -> LeaseGrant | None:
+        for grant in reversed(self.history.leases):
+            if grant.stream_id == stream_id:
+                return grant
+        return None
 
     async def renew_leases(
         self, owner: str, leases: Sequence[tuple[str, int]], now_ms: int, ttl_ms: int
@@ -439,20 +582,34 @@ class FaultyStore:
         for position, request in enumerate(requests):
             result = None if results is None else results[position]
             truly_committed = committed if results is None else result is None
-            self.history.appends.append(
-                AppendRecord(
-                    index=self.history.next_index(),
-                    invoked_index=invoked,
-                    virtual_ns=now_ns,
-                    node=node,
-                    stream_id=request.stream_id,
-                    epoch=request.epoch,
-                    expected_seq=request.expected_seq,
-                    message_ids=tuple(event.message_id for event in request.events),
-                    outcome=told if told is not None else _outcome_of(result),
-                    committed=truly_committed,
-                )
+            record = AppendRecord(
+                index=self.history.next_index(),
+                invoked_index=invoked,
+                virtual_ns=now_ns,
+                node=node,
+                stream_id=request.stream_id,
+                epoch=request.epoch,
+                expected_seq=request.expected_seq,
+                message_ids=tuple(event.message_id for event in request.events),
+                outcome=told if told is not None else _outcome_of(result),
+                committed=truly_committed,
             )
+            self.history.appends.append(record)
+            if isinstance(result, Fenced):
+                self._tell("zombie_write_fenced", f"{record.stream_id} by {node}")
+            if truly_committed and self._checks is not None:
+                newest = max(
+                    (
+                        grant
+                        for grant in self._grants.get(record.stream_id, ())
+                        if grant.index < invoked
+                    ),
+                    key=lambda grant: grant.epoch,
+                    default=None,
+                )
+                message = self._checks.commit(record, newest)
+                if message is not None:
+                    self._violated(message)
 
     async def delete_outbox(self, message_ids: Sequence[str]) -> None:
         """See ``Store.delete_outbox``."""

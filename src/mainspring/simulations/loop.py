@@ -68,7 +68,14 @@ _WORLD: Final = "world"
 
 
 class SimulationError(Exception):
-    """Base class of the simulator's own errors."""
+    """Base class of the simulator's own errors.
+
+    Attributes:
+        invariant: a short stable name of what failed (``"deadlock"``, ``"gapless"``, ...),
+            for grouping failures across a campaign.
+    """
+
+    invariant: str = "simulation error"
 
 
 class SimulationEscape(SimulationError):
@@ -78,6 +85,8 @@ class SimulationEscape(SimulationError):
     (``except Exception``) still fails the run.
     """
 
+    invariant = "escape"
+
 
 class Deadlock(SimulationError):
     """The main coroutine is unfinished, nothing is ready and no timer is pending.
@@ -85,6 +94,8 @@ class Deadlock(SimulationError):
     Attributes:
         blocked: one line per unfinished task: its name, node and what it awaits.
     """
+
+    invariant = "deadlock"
 
     def __init__(self, virtual_ns: int, blocked: list[str]) -> None:
         self.virtual_ns = virtual_ns
@@ -98,6 +109,8 @@ class Deadlock(SimulationError):
 
 class SimulationStuck(SimulationError):
     """The run exceeded its step budget: a livelock, or a scenario that never ends."""
+
+    invariant = "stuck"
 
 
 @final
@@ -253,9 +266,16 @@ class SimLoop(asyncio.AbstractEventLoop):
             instead of first in, first out.
         max_steps: the most callbacks one ``run_until_complete`` may run before it raises
             ``SimulationStuck``; None for no limit.
+        keep_trace: keep every trace line (``trace_lines``), not only the tail.
     """
 
-    def __init__(self, *, perturb_seed: int | None = None, max_steps: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        perturb_seed: int | None = None,
+        max_steps: int | None = None,
+        keep_trace: bool = False,
+    ) -> None:
         self._now_ns = 0
         self._ready: collections.deque[_Handle | _TimerHandle] = collections.deque()
         self._timers: list[tuple[int, int, _TimerHandle]] = []
@@ -278,6 +298,9 @@ class SimLoop(asyncio.AbstractEventLoop):
         self._trace_hash = hashlib.sha256()
         self._trace_events = 0
         self._trace_tail: collections.deque[str] = collections.deque(maxlen=_TRACE_TAIL_LINES)
+        self._trace_lines: list[str] | None = [] if keep_trace else None
+        self.failure: SimulationError | None = None
+        """The first error passed to ``fail``: the run stops after the current callback."""
         self.steps = 0
         """Callbacks run so far."""
         self.dropped = 0
@@ -465,6 +488,8 @@ class SimLoop(asyncio.AbstractEventLoop):
         steps_before = self.steps
         try:
             while not task.done():
+                if self.failure is not None:
+                    raise self.failure
                 if not self.run_one():
                     raise Deadlock(self._now_ns, self.blocked_tasks())
                 if self._max_steps is not None and self.steps - steps_before > self._max_steps:
@@ -476,6 +501,8 @@ class SimLoop(asyncio.AbstractEventLoop):
         finally:
             self._running = False
             asyncio.events._set_running_loop(None)
+        if self.failure is not None:
+            raise self.failure
         return task.result()
 
     def run_forever(self) -> None:
@@ -670,6 +697,20 @@ class SimLoop(asyncio.AbstractEventLoop):
         self._trace_hash.update(line.encode() + b"\n")
         self._trace_events += 1
         self._trace_tail.append(line)
+        if self._trace_lines is not None:
+            self._trace_lines.append(line)
+
+    def trace_lines(self) -> list[str] | None:
+        """Every trace line, oldest first, when the loop keeps them (``keep_trace``)."""
+        return None if self._trace_lines is None else list(self._trace_lines)
+
+    def fail(self, error: SimulationError) -> None:
+        """Stop the run with ``error`` after the current callback, whatever the code that
+        called this does with it (an invariant checked inside the store, say, whose caller
+        catches every exception). Only the first failure counts."""
+        if self.failure is None:
+            self.failure = error
+            self.trace("run.fail", f"{type(error).__name__}: {str(error).splitlines()[0][:300]}")
 
     def trace_digest(self) -> str:
         """The SHA-256 (hex) of every trace line so far: equal digests mean equal traces."""
