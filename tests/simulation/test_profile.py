@@ -110,7 +110,8 @@ def test_the_world_exposes_the_profile_heals_and_counts_sometimes() -> None:
         assert world.node_config(NodeConfig()).lease_ttl_s == 6.0
         world.sometimes("scenario_reached_here")
         world.heal()
-        assert not store.faults_enabled and world.healed
+        assert not store.faults_enabled
+        assert world.healed
         for token in ("a", "b", "c"):
             await world.ask("n1", Ledger, "l", Add(token), message_id=token)
         return {"profile": world.profile}

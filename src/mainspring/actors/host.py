@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, final
 
 import attrs
+from opentelemetry.trace import StatusCode, Tracer
 
 from mainspring.actors.actor import Actor, ActorContext, fold_events
 from mainspring.codec import Registry
@@ -58,6 +59,8 @@ class _Envelope:
     reply: asyncio.Future[Any] | None
     handler: Callable[..., Any]
     """The actor type's handler of ``message``, looked up once when the message is accepted."""
+    accepted_s: float = 0.0
+    """The host clock's monotonic time when the message was queued (for the mailbox age)."""
 
 
 _PLAIN_REPLIES: Final = frozenset({type(None), bool, int, float, str, bytes})
@@ -77,6 +80,9 @@ class HostStatistics:
     snapshots_written: int = 0
     snapshot_fallbacks: int = 0
     events_replayed: int = 0
+    leases_acquired: int = 0
+    leases_renewed: int = 0
+    leases_lost: int = 0
 
 
 def _settle(envelope: _Envelope, *, result: Any = None, error: BaseException | None = None) -> None:
@@ -190,6 +196,7 @@ class Activation:
             self.stream_id, host.node_id, host.clock.wall_ms(), host.config.lease_ttl_ms
         )
         assert lease.epoch >= 1
+        host.statistics.leases_acquired += 1
         self.epoch = lease.epoch
         rewrite_snapshot = False
         snapshot = await host.store.read_snapshot(self.stream_id)
@@ -277,7 +284,10 @@ class Activation:
                 ]
                 self.busy = True
                 try:
-                    healthy = await self._handle_batch(batch)
+                    if host.tracer is None:
+                        healthy = await self._handle_batch(batch)
+                    else:
+                        healthy = await self._handle_batch_traced(host.tracer, batch)
                 finally:
                     self.busy = False
                 host.touch(self)
@@ -317,6 +327,16 @@ class Activation:
     def fail_mailbox(self, error: BaseException) -> None:
         while self.mailbox:
             _settle(self.mailbox.popleft(), error=error)
+
+    async def _handle_batch_traced(self, tracer: Tracer, batch: Sequence[_Envelope]) -> bool:
+        """``_handle_batch`` inside a span (when the node traces)."""
+        with tracer.start_as_current_span("mainspring.actor.handle") as span:
+            span.set_attribute("mainspring.stream_id", self.stream_id)
+            span.set_attribute("mainspring.messages", len(batch))
+            healthy = await self._handle_batch(batch)
+            if not healthy:
+                span.set_status(StatusCode.ERROR, "the commit failed; the actor is dropped")
+            return healthy
 
     async def _handle_batch(self, batch: Sequence[_Envelope]) -> bool:
         """Handle ``batch`` against a working state, commit once, then reply. Returns False when
@@ -553,6 +573,8 @@ class ActorHost:
         self.statistics: Final = HostStatistics()
         self.on_outbox_written: Callable[[], None] = lambda: None
         self.on_timers_set: Callable[[int], None] = lambda due_at_ms: None
+        self.tracer: Tracer | None = None
+        """Makes a span per handled batch when set (by the node, when it traces)."""
         # A deliberately broken variant for the simulator's self-check: reply before the commit.
         self.reply_before_commit = False
 
@@ -596,7 +618,9 @@ class ActorHost:
         if len(activation.mailbox) >= self.config.mailbox_messages_max:
             raise Overloaded(f"the mailbox of {stream_id!r}", self.config.mailbox_messages_max, 1.0)
         future = asyncio.get_running_loop().create_future() if want_reply else None
-        activation.mailbox.append(_Envelope(message, message_id, future, function))
+        activation.mailbox.append(
+            _Envelope(message, message_id, future, function, self.clock.monotonic_s())
+        )
         activation.wakeup.set()
         self.live.move_to_end(stream_id)
         return future
@@ -653,6 +677,7 @@ class ActorHost:
 
     def lost_leases(self, stream_ids: Sequence[str]) -> None:
         """Drop activations whose lease renewal failed (another node owns them now)."""
+        self.statistics.leases_lost += len(stream_ids)
         for stream_id in stream_ids:
             activation = self.live.get(stream_id)
             if activation is not None:

@@ -52,6 +52,8 @@ class ScanStatistics:
     outbox_delivered: int = 0
     outbox_retried: int = 0
     outbox_dead_letters: int = 0
+    timer_lag_ms: int = 0
+    """Now minus the due time of the oldest due timer, at the last timer scan (0: none due)."""
 
 
 class _Waker:
@@ -99,6 +101,7 @@ class TimerScanner:
             now_ms = host.clock.wall_ms()
             try:
                 due = await host.store.read_due_timers(now_ms, self._batch_timers_max)
+                self._statistics.timer_lag_ms = max(now_ms - due[0].due_at_ms, 0) if due else 0
                 if due:
                     await asyncio.gather(*(self._fire(timer) for timer in due))
                     continue

@@ -1,32 +1,425 @@
 """Metrics and tracing of a node, through the OpenTelemetry API.
 
 ``Telemetry`` owns the instruments a node records (workflows, steps, timers, mailboxes, journal,
-leases, HTTP) and renders them as Prometheus text for the gateway's ``/metrics``.
+leases, HTTP) in its own OpenTelemetry SDK ``MeterProvider`` (never the process-wide one, so
+several nodes in one process keep their numbers apart), and renders them as Prometheus text for
+the gateway's ``/metrics``. The families and their labels are listed in ``docs/observability.md``.
+
+Counters the node already keeps (``node.statistics()``) are read by observable instruments when
+metrics are collected, so the hot paths pay one integer increment; histograms and labelled
+counters are recorded where they happen. Nothing here starts a thread or reads a clock: metrics
+are collected on demand (``prometheus_text``), and times come from the node's clock seam.
 """
 
 from __future__ import annotations
 
-from typing import Final
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-__all__ = ["Telemetry"]
+from mainspring.errors import UsageError
+from mainspring.observability.prometheus import CONTENT_TYPE, render
+
+if TYPE_CHECKING:
+    from mainspring.node import Node
+
+__all__ = [
+    "PROMETHEUS_CONTENT_TYPE",
+    "WORKFLOW_GAUGE_STATUSES",
+    "Telemetry",
+    "current_traceparent",
+    "trace_context",
+]
+
+log: Final = logging.getLogger(__name__)
+
+PROMETHEUS_CONTENT_TYPE: Final = CONTENT_TYPE
+"""The ``Content-Type`` of ``Telemetry.prometheus_text()`` (text format 0.0.4)."""
+
+WORKFLOW_GAUGE_STATUSES: Final = ("running", "waiting", "paused", "stalled", "failed")
+"""The statuses ``mainspring_workflows`` counts from the instance index."""
+
+_WORKFLOW_ACTOR_TYPE: Final = "mainspring.workflow"
+_COUNT_PAGE: Final = 1000
+_LATENCY_BUCKETS_S: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+_BATCH_BUCKETS: Final = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+_PROPAGATOR: Final = TraceContextTextMapPropagator()
+
+
+def current_traceparent() -> str:
+    """The W3C ``traceparent`` of the current span, or ``""`` outside a valid span."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return ""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier.get("traceparent", "")
+
+
+def trace_context(traceparent: str) -> Context | None:
+    """The context whose current span is the remote span ``traceparent`` names (None for ``""``
+    or a malformed value): spans started in it are children of that span."""
+    if not traceparent:
+        return None
+    context = _PROPAGATOR.extract({"traceparent": traceparent})
+    if not trace.get_current_span(context).get_span_context().is_valid:
+        return None
+    return context
 
 
 class Telemetry:
-    """The metrics and traces of one node.
+    """The metrics and traces of one node (give each node its own).
 
     Args:
-        tracer_provider: where spans go (the process-wide provider by default; without an SDK
-            configured, spans cost almost nothing and go nowhere).
+        tracer_provider: where spans go. By default the process-wide provider; spans are made
+            only when a provider was given here or set process-wide (``trace.set_tracer_provider``)
+            before this object is built, so a node without tracing pays nothing for it.
+        metric_readers: more readers for this node's ``MeterProvider``, e.g. a
+            ``PeriodicExportingMetricReader`` over an OTLP exporter (it runs its own thread:
+            not for the simulator). ``prometheus_text`` works with or without them.
+        resource: the OpenTelemetry resource of the metrics (service name and so on).
+        workflow_counts_interval_s: how often the node counts its workflows by status in the
+            instance index for ``mainspring_workflows`` (None: never).
     """
 
-    def __init__(self, *, tracer_provider: trace.TracerProvider | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        metric_readers: Sequence[MetricReader] = (),
+        resource: Resource | None = None,
+        workflow_counts_interval_s: float | None = 15.0,
+    ) -> None:
+        if tracer_provider is not None and not isinstance(tracer_provider, trace.TracerProvider):
+            raise UsageError(
+                f"tracer_provider must be an opentelemetry TracerProvider, got {tracer_provider!r}"
+            )
+        for reader in metric_readers:
+            if not isinstance(reader, MetricReader):
+                raise UsageError(
+                    f"metric_readers takes opentelemetry MetricReader objects, got {reader!r}"
+                )
+        if workflow_counts_interval_s is not None and (
+            isinstance(workflow_counts_interval_s, bool)
+            or not isinstance(workflow_counts_interval_s, int | float)
+            or not workflow_counts_interval_s > 0
+        ):
+            raise UsageError(
+                "workflow_counts_interval_s must be None or a number > 0, got "
+                f"{workflow_counts_interval_s!r}"
+            )
         self.tracer: Final = trace.get_tracer("mainspring", tracer_provider=tracer_provider)
+        self.tracing: Final = tracer_provider is not None or not isinstance(
+            trace.get_tracer_provider(), trace.ProxyTracerProvider
+        )
+        """Whether the node makes spans (see ``tracer_provider``)."""
+        self.workflow_counts_interval_s: Final = workflow_counts_interval_s
+        self._reader: Final = InMemoryMetricReader()
+        self.meter_provider: Final = MeterProvider(
+            metric_readers=[self._reader, *metric_readers],
+            resource=resource,
+            exemplar_filter=AlwaysOffExemplarFilter(),
+            shutdown_on_exit=False,
+        )
+        """This node's metrics, aggregated by the OpenTelemetry SDK."""
+        self._node: Node | None = None
+        self._workflow_counts: dict[str, int] | None = None
+        self._create_instruments()
+
+    # Instruments ---------------------------------------------------------------------------------
+
+    def _create_instruments(self) -> None:
+        meter = self.meter_provider.get_meter("mainspring")
+        self._workflow_starts = meter.create_counter(
+            "mainspring_workflow_starts", "1", "Workflow runs started, by workflow type."
+        )
+        self._workflow_completions = meter.create_counter(
+            "mainspring_workflow_completions",
+            "1",
+            "Workflow runs ended, by workflow type and terminal status.",
+        )
+        self._step_attempts = meter.create_counter(
+            "mainspring_step_attempts", "1", "Step attempts started, by step name."
+        )
+        self._step_retries = meter.create_counter(
+            "mainspring_step_retries",
+            "1",
+            "Failed step attempts that will be retried, by step name and error class.",
+        )
+        self._step_failures = meter.create_counter(
+            "mainspring_step_failures",
+            "1",
+            "Steps that failed for good (no attempt left or not retryable), by step name and "
+            "error class.",
+        )
+        self._journal_commit_seconds = meter.create_histogram(
+            "mainspring_journal_commit_seconds",
+            "s",
+            "Latency of one group commit: the store transaction every append of the batch "
+            "waits for.",
+            explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS_S,
+        )
+        self._journal_batch_requests = meter.create_histogram(
+            "mainspring_journal_batch_requests",
+            "1",
+            "Append requests (one per actor) in one group commit.",
+            explicit_bucket_boundaries_advisory=_BATCH_BUCKETS,
+        )
+        self._http_requests = meter.create_counter(
+            "mainspring_http_requests",
+            "1",
+            "HTTP requests answered by the gateway, by route template, method and status.",
+        )
+        self._http_duration = meter.create_histogram(
+            "mainspring_http_request_duration_seconds",
+            "s",
+            "Time to answer an HTTP request, by route template and method.",
+            explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS_S,
+        )
+        self._create_observed(meter)
+
+    def _create_observed(self, meter: Any) -> None:
+        counters = (
+            ("mainspring_actor_messages", "Messages handled by actors.", self._host_counter,
+             "messages"),
+            ("mainspring_actor_activations", "Actors activated (hydrated).", self._host_counter,
+             "activations"),
+            ("mainspring_lease_acquisitions", "Leases this node acquired (each bumps an epoch).",
+             self._host_counter, "leases_acquired"),
+            ("mainspring_lease_renewals", "Leases this node renewed.", self._host_counter,
+             "leases_renewed"),
+            ("mainspring_lease_takeovers",
+             "Leases of this node that another node took over (found when renewing).",
+             self._host_counter, "leases_lost"),
+            ("mainspring_journal_commits", "Group commits (store transactions) that succeeded.",
+             self._journal_counter, "commits"),
+            ("mainspring_journal_events", "Events committed.", self._journal_counter, "events"),
+            ("mainspring_journal_failed_batches",
+             "Group commits the store failed as a whole (unavailable, or ambiguous).",
+             self._journal_counter, "failed_batches"),
+            ("mainspring_reminders_fired", "Due reminders (durable timers) fired.",
+             self._scan_counter, "reminders_fired"),
+            ("mainspring_outbox_delivered", "Outbox messages delivered.", self._scan_counter,
+             "outbox_delivered"),
+        )  # fmt: skip
+        for name, description, source, field in counters:
+            meter.create_observable_counter(
+                name, [self._counter_callback(source, field)], "1", description
+            )
+        meter.create_observable_counter(
+            "mainspring_journal_rejections",
+            [self._observe_rejections],
+            "1",
+            "Appends the store refused, by reason: fenced (a newer epoch owns the stream) or "
+            "conflict (the stream head moved).",
+        )
+        gauges = (
+            ("mainspring_workflows", self._observe_workflows, "1",
+             "Workflows by status in the instance index (running, waiting, paused, stalled, "
+             "failed), counted every workflow_counts_interval_s."),
+            ("mainspring_live_actors", self._observe_live_actors, "1",
+             "Actors live (activated) on this node."),
+            ("mainspring_mailbox_messages", self._observe_mailbox_total, "1",
+             "Messages queued in the mailboxes of all live actors."),
+            ("mainspring_mailbox_messages_max", self._observe_mailbox_max, "1",
+             "Messages queued in the fullest mailbox."),
+            ("mainspring_mailbox_oldest_message_age_seconds", self._observe_mailbox_age, "s",
+             "How long the oldest queued message of any live actor has waited."),
+            ("mainspring_timer_lag_seconds", self._observe_timer_lag, "s",
+             "Now minus the due time of the oldest overdue timer, at the last timer scan."),
+        )  # fmt: skip
+        for name, callback, unit, description in gauges:
+            meter.create_observable_gauge(name, [callback], unit, description)
+
+    # Binding to a node ----------------------------------------------------------------------------
+
+    def observe(self, node: Node) -> None:
+        """Read ``node``'s counters and mailboxes when metrics are collected. Called by the node.
+
+        Raises:
+            UsageError: this object already serves another node.
+        """
+        if self._node is not None and self._node is not node:
+            raise UsageError(
+                f"this Telemetry already serves node {self._node.node_id!r}; give node "
+                f"{node.node_id!r} its own Telemetry() so their metrics stay apart"
+            )
+        self._node = node
+
+    def _host_counter(self, field: str) -> int:
+        assert self._node is not None
+        value = getattr(self._node.host.statistics, field)
+        assert isinstance(value, int)
+        return value
+
+    def _journal_counter(self, field: str) -> int:
+        assert self._node is not None
+        value = getattr(self._node.journal.statistics, field)
+        assert isinstance(value, int)
+        return value
+
+    def _scan_counter(self, field: str) -> int:
+        assert self._node is not None
+        value = getattr(self._node.scan_statistics, field)
+        assert isinstance(value, int)
+        return value
+
+    def _counter_callback(self, source: Any, field: str) -> Any:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            if self._node is None:
+                return ()
+            return (Observation(source(field)),)
+
+        return callback
+
+    def _observe_rejections(self, options: CallbackOptions) -> Iterable[Observation]:
+        if self._node is None:
+            return ()
+        statistics = self._node.journal.statistics
+        return (
+            Observation(statistics.fenced, {"reason": "fenced"}),
+            Observation(statistics.conflicts, {"reason": "conflict"}),
+        )
+
+    def _observe_workflows(self, options: CallbackOptions) -> Iterable[Observation]:
+        counts = self._workflow_counts
+        if counts is None:
+            return ()
+        return tuple(Observation(counts[status], {"status": status}) for status in counts)
+
+    def _observe_live_actors(self, options: CallbackOptions) -> Iterable[Observation]:
+        if self._node is None:
+            return ()
+        return (Observation(len(self._node.host.live)),)
+
+    def _observe_mailbox_total(self, options: CallbackOptions) -> Iterable[Observation]:
+        if self._node is None:
+            return ()
+        return (Observation(sum(len(a.mailbox) for a in self._node.host.live.values())),)
+
+    def _observe_mailbox_max(self, options: CallbackOptions) -> Iterable[Observation]:
+        if self._node is None:
+            return ()
+        deepest = max((len(a.mailbox) for a in self._node.host.live.values()), default=0)
+        return (Observation(deepest),)
+
+    def _observe_mailbox_age(self, options: CallbackOptions) -> Iterable[Observation]:
+        node = self._node
+        if node is None:
+            return ()
+        oldest = min(
+            (a.mailbox[0].accepted_s for a in node.host.live.values() if a.mailbox),
+            default=None,
+        )
+        age_s = 0.0 if oldest is None else max(node.clock.monotonic_s() - oldest, 0.0)
+        return (Observation(age_s),)
+
+    def _observe_timer_lag(self, options: CallbackOptions) -> Iterable[Observation]:
+        if self._node is None:
+            return ()
+        return (Observation(self._node.scan_statistics.timer_lag_ms / 1000),)
+
+    async def refresh_workflow_counts(self) -> dict[str, int]:
+        """Count the node's workflows by status (``WORKFLOW_GAUGE_STATUSES``) in the instance
+        index now, for ``mainspring_workflows``, and return the counts.
+
+        Costs one indexed read per 1000 workflows of each status counted.
+
+        Raises:
+            UsageError: no node uses this object yet.
+            StoreUnavailable: the store could not be read (the previous counts stay).
+        """
+        node = self._node
+        if node is None:
+            raise UsageError("this Telemetry serves no node yet; pass it to Node(telemetry=...)")
+        counts: dict[str, int] = {}
+        for status in WORKFLOW_GAUGE_STATUSES:
+            total = 0
+            after: tuple[str, str] | None = None
+            while True:
+                page = await node.store.list_instances(
+                    _WORKFLOW_ACTOR_TYPE, status, _COUNT_PAGE, after
+                )
+                total += len(page)
+                if len(page) < _COUNT_PAGE:
+                    break
+                last = page[-1]
+                assert after is None or (last.actor_type, last.actor_id) > after
+                after = (last.actor_type, last.actor_id)
+            counts[status] = total
+        self._workflow_counts = counts
+        return counts
+
+    # Recording points -----------------------------------------------------------------------------
+
+    def workflow_started(self, workflow_type: str) -> None:
+        """Count a workflow run that started (after its start committed)."""
+        self._workflow_starts.add(1, {"workflow_type": workflow_type})
+
+    def workflow_closed(self, workflow_type: str, status: str) -> None:
+        """Count a workflow run that ended with ``status`` (after the end committed)."""
+        self._workflow_completions.add(1, {"workflow_type": workflow_type, "status": status})
+
+    def step_attempt(self, step: str) -> None:
+        """Count a step attempt that starts."""
+        self._step_attempts.add(1, {"step": step})
+
+    def step_retry(self, step: str, error: str) -> None:
+        """Count a failed step attempt that will be retried (``error``: the exception class)."""
+        self._step_retries.add(1, {"step": step, "error": error})
+
+    def step_failed(self, step: str, error: str) -> None:
+        """Count a step that failed for good (``error``: the exception class)."""
+        self._step_failures.add(1, {"step": step, "error": error})
+
+    def journal_committed(self, duration_s: float, requests: int) -> None:
+        """Record one group commit: its store transaction's latency and its size."""
+        assert duration_s >= 0, duration_s
+        assert requests >= 1, requests
+        self._journal_commit_seconds.record(duration_s)
+        self._journal_batch_requests.record(requests)
 
     def http_request(self, route: str, method: str, status: int, duration_s: float) -> None:
-        """Count one HTTP request the gateway answered (``route`` is the route template)."""
+        """Count one HTTP request the gateway answered (``route`` is the route template, such
+        as ``/v1/workflows/{workflow_id}``, never the raw path: the labels must stay few).
+
+        Raises:
+            UsageError: an argument has the wrong type or an impossible value.
+        """
+        if not isinstance(route, str) or not route:
+            raise UsageError(f"route must be a non-empty route template, got {route!r}")
+        if not isinstance(method, str) or not method:
+            raise UsageError(f"method must be a non-empty HTTP method, got {method!r}")
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+            raise UsageError(f"status must be an HTTP status code (100-599), got {status!r}")
+        if (
+            isinstance(duration_s, bool)
+            or not isinstance(duration_s, int | float)
+            or not math.isfinite(duration_s)
+            or duration_s < 0
+        ):
+            raise UsageError(f"duration_s must be a finite number >= 0, got {duration_s!r}")
+        self._http_requests.add(1, {"route": route, "method": method, "status": str(status)})
+        self._http_duration.record(duration_s, {"route": route, "method": method})
+
+    # Export ---------------------------------------------------------------------------------------
 
     def prometheus_text(self) -> str:
-        """This node's metrics in the Prometheus text exposition format (version 0.0.4)."""
-        return ""
+        """This node's metrics in the Prometheus text exposition format (version 0.0.4); serve
+        it with ``PROMETHEUS_CONTENT_TYPE``."""
+        return render(self._reader.get_metrics_data())
+
+    def shutdown(self) -> None:
+        """Flush and stop the extra ``metric_readers`` (exporters). Idempotent enough: a second
+        call only logs a warning from the SDK."""
+        self.meter_provider.shutdown()

@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Final, final
 
 import attrs
+from opentelemetry.trace import Tracer
 
-from mainspring.errors import NodeClosed, StoreUnavailable, UsageError
+from mainspring.errors import Fenced, NodeClosed, StoreUnavailable, UsageError
 from mainspring.persistence.store import AppendRequest, Store
 from mainspring.seams import Clock
 
@@ -36,15 +38,18 @@ class JournalStatistics:
     requests: int = 0
     events: int = 0
     rejected: int = 0
+    fenced: int = 0
+    """Of ``rejected``: a newer epoch owns the stream."""
+    conflicts: int = 0
+    """Of ``rejected``: the stream head moved (not a fencing)."""
     failed_batches: int = 0
     batch_requests_max_seen: int = 0
     commit_seconds_total: float = 0.0
 
 
-@attrs.define
-class _Pending:
-    request: AppendRequest
-    done: asyncio.Future[None]
+_Pending = tuple[AppendRequest, "asyncio.Future[None]"]
+"""A request waiting for its commit, and the future its appender waits on. A plain tuple: one
+is made per append, and a class instance would cost several times as much."""
 
 
 @final
@@ -85,11 +90,18 @@ class Journal:
         self._commits: set[asyncio.Task[None]] = set()
         self._streams_in_flight: set[str] = set()
         self._pending: deque[_Pending] = deque()
-        self._space = asyncio.Semaphore(pending_requests_max)
+        # The room left for pending requests, and the appenders waiting for room (a semaphore
+        # in effect; asyncio.Semaphore's acquire costs a generator scan per call).
+        self._room = pending_requests_max
+        self._room_waiters: deque[asyncio.Future[None]] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.statistics: Final = JournalStatistics()
+        self.tracer: Tracer | None = None
+        """Makes a span per commit when set (by the node, when it traces)."""
+        self.on_commit: Callable[[float, int], None] | None = None
+        """Called after each successful commit with its latency (s) and its request count."""
 
     async def start(self) -> None:
         """Start the committer task."""
@@ -118,14 +130,42 @@ class Journal:
         """
         if self._closing:
             raise NodeClosed("the journal is closing and accepts no more appends")
-        await self._space.acquire()
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(request, done))
-        self._wakeup.set()
+        if self._room <= 0 or self._room_waiters:
+            await self._wait_for_room()  # returns holding a place
+        else:
+            self._room -= 1
         try:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._pending.append((request, done))
+            self._wakeup.set()
             await done
         finally:
-            self._space.release()
+            self._room += 1
+            if self._room_waiters:
+                self._wake_room_waiter()
+
+    async def _wait_for_room(self) -> None:
+        """Wait, in arrival order, until a place for a pending request is given to us."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._room_waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                # Given a place, then cancelled before taking it: pass the place on.
+                self._room += 1
+                self._wake_room_waiter()
+            elif waiter in self._room_waiters:
+                self._room_waiters.remove(waiter)
+            raise
+
+    def _wake_room_waiter(self) -> None:
+        """Give the free places to the oldest waiters still waiting."""
+        while self._room > 0 and self._room_waiters:
+            waiter = self._room_waiters.popleft()
+            if not waiter.done():
+                self._room -= 1
+                waiter.set_result(None)
 
     def _take_batch(self) -> list[_Pending]:
         """Up to ``batch_requests_max`` pending requests with distinct streams, none of them in
@@ -135,12 +175,13 @@ class Journal:
         held_back: list[_Pending] = []
         while self._pending and len(batch) < self._batch_requests_max:
             pending = self._pending.popleft()
-            if pending.request.stream_id in streams:
+            stream_id = pending[0].stream_id
+            if stream_id in streams:
                 # Two appends of one stream never share a transaction: the second one's expected
                 # sequence depends on the first one's outcome.
                 held_back.append(pending)
                 continue
-            streams.add(pending.request.stream_id)
+            streams.add(stream_id)
             batch.append(pending)
         self._pending.extendleft(reversed(held_back))
         return batch
@@ -168,39 +209,55 @@ class Journal:
         try:
             await self._commit_batch(batch)
         finally:
-            for pending in batch:
-                self._streams_in_flight.discard(pending.request.stream_id)
+            streams = self._streams_in_flight
+            for request, _ in batch:
+                streams.discard(request.stream_id)
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
+        if self.tracer is None:
+            await self._commit_batch_untraced(batch)
+            return
+        with self.tracer.start_as_current_span("mainspring.journal.commit") as span:
+            span.set_attribute("mainspring.requests", len(batch))
+            await self._commit_batch_untraced(batch)
+
+    async def _commit_batch_untraced(self, batch: list[_Pending]) -> None:
         started = self._clock.monotonic_s()
         try:
-            results = await self._store.append_batch([pending.request for pending in batch])
+            results = await self._store.append_batch([request for request, _ in batch])
         except StoreUnavailable as error:
             self.statistics.failed_batches += 1
-            for pending in batch:
-                if not pending.done.done():
-                    pending.done.set_exception(error)
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(error)
             return
         except Exception as error:
             # Anything else is a bug in a store: fail the batch loudly rather than hang callers.
             log.exception("StoreAppendFailed", extra={"requests": len(batch)})
             failure = StoreUnavailable(f"the store failed an append batch: {error!r}")
-            for pending in batch:
-                if not pending.done.done():
-                    pending.done.set_exception(failure)
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(failure)
             return
         assert len(results) == len(batch), (len(results), len(batch))
         statistics = self.statistics
         statistics.commits += 1
         statistics.requests += len(batch)
         statistics.batch_requests_max_seen = max(statistics.batch_requests_max_seen, len(batch))
-        statistics.commit_seconds_total += self._clock.monotonic_s() - started
-        for pending, result in zip(batch, results, strict=True):
-            if pending.done.done():  # the caller was cancelled; the outcome stands regardless
+        elapsed_s = self._clock.monotonic_s() - started
+        statistics.commit_seconds_total += elapsed_s
+        if self.on_commit is not None:
+            self.on_commit(max(elapsed_s, 0.0), len(batch))
+        for (request, done), result in zip(batch, results, strict=True):
+            if done.done():  # the caller was cancelled; the outcome stands regardless
                 continue
             if result is None:
-                statistics.events += len(pending.request.events)
-                pending.done.set_result(None)
+                statistics.events += len(request.events)
+                done.set_result(None)
             else:
                 statistics.rejected += 1
-                pending.done.set_exception(result)
+                if isinstance(result, Fenced):
+                    statistics.fenced += 1
+                else:
+                    statistics.conflicts += 1
+                done.set_exception(result)
