@@ -16,6 +16,7 @@ closed, and the process exits 0. A second signal during the shutdown exits at on
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, Final, NoReturn
+from typing import IO, TYPE_CHECKING, Any, Final, NoReturn
 
 import attrs
 import click
@@ -34,6 +35,9 @@ from mainspring.app import App, load_app
 from mainspring.cli._store import DEFAULT_STORE_URL, StoreUrl, parse_store_url
 from mainspring.config import NodeConfig
 from mainspring.errors import MainspringError, UsageError
+
+if TYPE_CHECKING:
+    from mainspring.node import Node
 
 __all__ = ["NodeSettings", "default_node_id", "node", "parse_listen", "read_tokens"]
 
@@ -155,6 +159,11 @@ def _settings(
 ) -> NodeSettings:
     """Validate the options (nothing is opened yet); raises UsageError."""
     store_url = parse_store_url(store)
+    if store_url.path is not None and not store_url.path.resolve().parent.is_dir():
+        raise UsageError(
+            f"the directory of the SQLite store {str(store_url.path)!r} does not exist: "
+            "create it first"
+        )
     host, port = parse_listen(listen)
     if node_id is None:
         node_id = default_node_id(port)
@@ -245,82 +254,124 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+_STARTUP_LOGS_HELD_S: Final = 5.0
+"""A start that takes longer shows its log lines (held back until then) as they come."""
+
+
+class _NodeRun:
+    """One run of ``mainspring node``: signals, start-up, serving, and the graceful stop."""
+
+    def __init__(self, settings: NodeSettings, gate: _StartupGate) -> None:
+        self.settings = settings
+        self.gate = gate
+        self.stop = asyncio.Event()
+        self.signals_received: list[int] = []
+        self.listening = False
+        self.task: asyncio.Task[Any] | None = None
+
+    def on_signal(self, signum: int) -> None:
+        """The first SIGTERM/SIGINT stops gracefully (or aborts a start); a second exits."""
+        name = signal.Signals(signum).name
+        self.signals_received.append(signum)
+        if len(self.signals_received) > 1:
+            click.echo(f"{PROGRAM}: second {name}: exiting now", err=True)
+            os._exit(EXIT_FORCED)
+        log.info("NodeStopRequested", extra={"signal": name})
+        self.stop.set()
+        if not self.listening and self.task is not None:
+            self.task.cancel()
+
+    def fail(self, reason: str) -> NoReturn:
+        """End a failed start with its one line (held log lines only shown at debug level)."""
+        self.gate.open(replay=logging.getLogger().isEnabledFor(logging.DEBUG))
+        _fail(reason)
+
+    async def run(self) -> None:
+        """Start, serve until a signal, stop. Raises ConfigurationError on a failed start."""
+        loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.on_signal, signum)
+        reveal = loop.call_later(
+            _STARTUP_LOGS_HELD_S, functools.partial(self.gate.open, replay=True)
+        )
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            if self.listening or not self.stop.is_set():
+                raise
+            name = signal.Signals(self.signals_received[0]).name
+            self.fail(f"stopped by {name} before the node was ready")
+        finally:
+            reveal.cancel()
+        log.info("NodeExited", extra={"node_id": self.settings.node_id})
+
+    async def _run(self) -> None:
+        from mainspring.node import Node
+
+        settings = self.settings
+        app = settings.app
+        try:
+            store = settings.store_url.open_store()
+            node = Node(
+                settings.node_id,
+                store=store,
+                actors=app.actors,
+                workflows=app.workflows,
+                config=settings.config,
+            )
+        except MainspringError as error:
+            self.fail(_reason(error))
+        try:
+            try:
+                # Opened first (the node's start finds it open) so that an unreachable
+                # database is reported before the app's lifespan starts anything.
+                await store.open()
+                async with app.running(node):
+                    await self._serve(node)
+            except Exception as error:
+                # Before the gateway listens, every failure is a problem of this run's
+                # configuration (the store, the app's hooks, the address): one line says which.
+                if self.listening:
+                    raise
+                self.fail(_reason(error))
+        finally:
+            await store.close()
+
+    async def _serve(self, node: Node) -> None:
+        from mainspring.gateway import Gateway
+
+        settings = self.settings
+        gateway = Gateway(node, tokens=settings.tokens)
+        url = await gateway.start(settings.host, settings.port)
+        self.listening = True
+        self.gate.open(replay=True)
+        auth = f"{len(settings.tokens)} token(s)" if settings.tokens else "no authentication"
+        click.echo(
+            f"{PROGRAM}: listening on {url} (node id {settings.node_id}, store "
+            f"{settings.store_url.describe()}, app {settings.app_spec}, {auth})"
+        )
+        sys.stdout.flush()
+        try:
+            await self.stop.wait()
+        finally:
+            log.info("GatewayStopping", extra={"node_id": settings.node_id})
+            try:
+                async with asyncio.timeout(settings.config.shutdown_timeout_s):
+                    await gateway.stop()
+            except TimeoutError:
+                log.warning("GatewayStopTimedOut", extra={"node_id": settings.node_id})
+            log.info("NodeStopping", extra={"node_id": settings.node_id})
+
+
 async def serve(settings: NodeSettings, gate: _StartupGate) -> None:
     """Run the node and its gateway until SIGTERM or SIGINT (see the module docstring).
 
     Raises:
-        ConfigurationError: the store, the app's hooks or the listening address failed.
+        ConfigurationError: the store, the app's hooks or the listening address failed, or a
+            signal came before the node was ready.
     """
-    from mainspring.gateway import Gateway
-    from mainspring.node import Node
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals_received: list[int] = []
-
-    def on_signal(signum: int) -> None:
-        signals_received.append(signum)
-        if len(signals_received) == 1:
-            log.info("NodeStopRequested", extra={"signal": signal.Signals(signum).name})
-            stop.set()
-            return
-        click.echo(f"{PROGRAM}: second {signal.Signals(signum).name}: exiting now", err=True)
-        os._exit(EXIT_FORCED)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    try:
-        store = settings.store_url.open_store()
-        app = settings.app
-        node = Node(
-            settings.node_id,
-            store=store,
-            actors=app.actors,
-            workflows=app.workflows,
-            config=settings.config,
-        )
-    except MainspringError as error:
-        _fail(_reason(error))
-    started = False
-    try:
-        # Opened first (the node's start finds it open) so that an unreachable database is
-        # reported before the app's lifespan starts anything.
-        await store.open()
-    except Exception as error:
-        gate.open(replay=logging.getLogger().isEnabledFor(logging.DEBUG))
-        _fail(_reason(error))
-    try:
-        async with app.running(node):
-            gateway = Gateway(node, tokens=settings.tokens)
-            url = await gateway.start(settings.host, settings.port)
-            started = True
-            gate.open(replay=True)
-            auth = f"{len(settings.tokens)} token(s)" if settings.tokens else "no authentication"
-            click.echo(
-                f"{PROGRAM}: listening on {url} (node id {settings.node_id}, store "
-                f"{settings.store_url.describe()}, app {settings.app_spec}, {auth})"
-            )
-            sys.stdout.flush()
-            try:
-                await stop.wait()
-            finally:
-                log.info("GatewayStopping", extra={"node_id": settings.node_id})
-                try:
-                    async with asyncio.timeout(settings.config.shutdown_timeout_s):
-                        await gateway.stop()
-                except TimeoutError:
-                    log.warning("GatewayStopTimedOut", extra={"node_id": settings.node_id})
-            log.info("NodeStopping", extra={"node_id": settings.node_id})
-    except Exception as error:
-        # Before the gateway listens, every failure is a configuration problem of this run
-        # (the store, the app's hooks, the address): one line says which.
-        if started:
-            raise
-        gate.open(replay=logging.getLogger().isEnabledFor(logging.DEBUG))
-        _fail(_reason(error))
-    finally:
-        await store.close()
-    log.info("NodeExited", extra={"node_id": settings.node_id})
+    await _NodeRun(settings, gate).run()
 
 
 @click.command(cls=_OneLineCommand)
