@@ -4,6 +4,7 @@ resolve)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from typing import Any
 
@@ -37,10 +38,8 @@ async def broken_notify() -> None:
 async def order(ctx: WorkflowContext, amount: int) -> int:
     """A retried step, a step that fails for good (handled), a durable sleep."""
     charged = await ctx.step(flaky_charge, amount, retry=FLAKY_RETRY)
-    try:
+    with contextlib.suppress(StepFailed):
         await ctx.step(broken_notify, retry=ONCE)
-    except StepFailed:
-        pass
     await ctx.sleep(0.05)
     return charged
 
