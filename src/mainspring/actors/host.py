@@ -22,6 +22,7 @@ from opentelemetry.trace import StatusCode, Tracer
 from mainspring.actors.actor import Actor, ActorContext, fold_events
 from mainspring.codec import Registry
 from mainspring.config import NodeConfig
+from mainspring.crashpoints import crash_point
 from mainspring.errors import (
     CodecError,
     ConcurrencyConflict,
@@ -196,6 +197,7 @@ class Activation:
             self.stream_id, host.node_id, host.clock.wall_ms(), host.config.lease_ttl_ms
         )
         assert lease.epoch >= 1
+        await crash_point("host.after_lease")
         host.statistics.leases_acquired += 1
         self.epoch = lease.epoch
         rewrite_snapshot = False
@@ -317,6 +319,7 @@ class Activation:
         try:
             if host.config.snapshot_on_passivate and self.seq > self.snapshot_seq:
                 await self._write_snapshot()
+            await crash_point("host.mid_passivation")
             await host.store.release_leases(host.node_id, [(self.stream_id, self.epoch)])
         except (Fenced, ConcurrencyConflict, StoreUnavailable, NodeClosed) as error:
             # A newer activation already exists, or the store is away: the lease simply expires.

@@ -56,6 +56,7 @@ from mainspring.actors.workflow import (
 )
 from mainspring.actors.workflow_loop import WorkflowLoop
 from mainspring.codec import Registry
+from mainspring.crashpoints import crash_point, step_call
 from mainspring.codec import event as register_event
 from mainspring.codec import message as register_message
 from mainspring.codec import state as register_state
@@ -991,6 +992,7 @@ class WorkflowRun:
         # The slot stays taken until the outcome is handled: a message handled meanwhile
         # must not start the same attempt again.
         try:
+            await crash_point("step.after_effect")
             await self.shell.deliver_to_self(self.workflow_id, outcome)
         finally:
             if slot.task is asyncio.current_task():
@@ -1021,7 +1023,7 @@ class WorkflowRun:
             awaitable: Any = function(*slot.args, **slot.kwargs)
         else:
             awaitable = asyncio.to_thread(function, *slot.args, **slot.kwargs)
-        work = asyncio.ensure_future(awaitable)
+        work = asyncio.ensure_future(step_call(awaitable, slot.timeout_s))
         try:
             async with asyncio.timeout(slot.timeout_s):
                 if slot.heartbeat_timeout_s is None:

@@ -21,6 +21,7 @@ from typing import Final, final
 import attrs
 from opentelemetry.trace import Tracer
 
+from mainspring.crashpoints import crash_point
 from mainspring.errors import Fenced, NodeClosed, StoreUnavailable, UsageError
 from mainspring.persistence.store import AppendRequest, Store
 from mainspring.seams import Clock
@@ -240,6 +241,7 @@ class Journal:
                     done.set_exception(failure)
             return
         assert len(results) == len(batch), (len(results), len(batch))
+        await crash_point("journal.after_commit")
         statistics = self.statistics
         statistics.commits += 1
         statistics.requests += len(batch)
