@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -11,6 +12,7 @@ import attrs
 
 import mainspring
 from mainspring import Node, NodeConfig, RetryPolicy, StepFailed, WorkflowContext
+from mainspring.errors import StoreUnavailable
 from mainspring.gateway import Gateway
 from mainspring.observability import Telemetry
 from tests.support.accounts import Account
@@ -81,9 +83,7 @@ async def waiter_workflow(ctx: WorkflowContext, _: None) -> list[Any]:
 async def charge_workflow(ctx: WorkflowContext, amount_cents: int) -> int:
     """Fails in its step while ``FAILS['charge']`` (for retry)."""
     try:
-        return int(
-            await ctx.step(charge, amount_cents, retry=RetryPolicy(max_attempts=1))
-        )
+        return int(await ctx.step(charge, amount_cents, retry=RetryPolicy(max_attempts=1)))
     except StepFailed:
         raise
 
@@ -140,6 +140,7 @@ async def serve(
     body_max_bytes: int = 1 << 20,
     config: NodeConfig | None = None,
     connections_max: int = 100,
+    request_timeout_s: float = 30.0,
 ) -> AsyncIterator[Served]:
     """A node over ``store`` hosting ``WORKFLOWS`` and ``Account``, served on loopback."""
     node = Node(
@@ -151,7 +152,12 @@ async def serve(
         config=config,
     )
     async with node:
-        gateway = Gateway(node, tokens=tokens, body_max_bytes=body_max_bytes)
+        gateway = Gateway(
+            node,
+            tokens=tokens,
+            body_max_bytes=body_max_bytes,
+            request_timeout_s=request_timeout_s,
+        )
         url = await gateway.start("127.0.0.1", 0)
         connector = aiohttp.TCPConnector(limit=connections_max)
         try:
@@ -159,6 +165,32 @@ async def serve(
                 yield Served(node, gateway, url, session)
         finally:
             await gateway.stop(drain_timeout_s=5)
+
+
+class GatedStore:
+    """A real store whose appends wait while the gate is closed (to hold requests in flight),
+    and whose reads fail while ``unreachable`` is set."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.waiting = asyncio.Event()
+        self.unreachable = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def append_batch(self, requests: Any) -> Any:
+        if not self.gate.is_set():
+            self.waiting.set()
+            await self.gate.wait()
+        return await self.inner.append_batch(requests)
+
+    async def read_head(self, stream_id: str) -> Any:
+        if self.unreachable:
+            raise StoreUnavailable("the test store is unreachable")
+        return await self.inner.read_head(stream_id)
 
 
 def error_of(body: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import attrs
 import cattrs
 import orjson
 from aiohttp import web
+from cattrs.gen import make_dict_structure_fn
 
 from mainspring.actors.workflow import WorkflowDefinition
 from mainspring.actors.workflow_runtime import (
@@ -94,6 +95,18 @@ def strict_converter(converter: cattrs.Converter) -> cattrs.Converter:
     strict.register_structure_hook(float, number)
     strict.register_structure_hook(str, exact("a string", lambda v: isinstance(v, str)))
     strict.register_structure_hook(bool, exact("a boolean", lambda v: isinstance(v, bool)))
+
+    def attrs_class(cls: type) -> Callable[[object, type], object]:
+        fields_of = make_dict_structure_fn(cls, strict)
+
+        def hook(value: object, _: type) -> object:
+            if not isinstance(value, dict):
+                raise TypeError(f"expected a JSON object, got {_json_kind(value)}")
+            return fields_of(value, cls)
+
+        return hook
+
+    strict.register_structure_hook_factory(attrs.has, attrs_class)
     return strict
 
 
@@ -178,6 +191,10 @@ class Handlers:
         """
         if cls is Any or cls is object:
             return data
+        if cls is None or cls is type(None):
+            if data is not None:
+                raise validation_error(field, f"{field} must be null, got {_json_kind(data)}")
+            return None
         try:
             return self.converter.structure(data, cls)
         except Exception as error:
