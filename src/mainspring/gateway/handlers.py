@@ -97,7 +97,7 @@ def strict_converter(converter: cattrs.Converter) -> cattrs.Converter:
     strict.register_structure_hook(bool, exact("a boolean", lambda v: isinstance(v, bool)))
 
     def attrs_class(cls: type) -> Callable[[object, type], object]:
-        fields_of = make_dict_structure_fn(cls, strict)
+        fields_of: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, strict)
 
         def hook(value: object, _: type) -> object:
             if not isinstance(value, dict):
