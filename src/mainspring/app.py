@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -141,6 +142,8 @@ class App:
             if self.lifespan is not None:
                 manager = self.lifespan(node)
                 if not isinstance(manager, AbstractAsyncContextManager):
+                    if inspect.iscoroutine(manager):
+                        manager.close()  # never awaited: close it so nothing warns later
                     raise UsageError(
                         f"App lifespan must return an async context manager (decorate it with "
                         f"@contextlib.asynccontextmanager), got {type(manager).__name__}"
