@@ -140,7 +140,7 @@ class App:
         workflows."""
         async with contextlib.AsyncExitStack() as stack:
             if self.lifespan is not None:
-                manager = self.lifespan(node)
+                manager: object = self.lifespan(node)
                 if not isinstance(manager, AbstractAsyncContextManager):
                     if inspect.iscoroutine(manager):
                         manager.close()  # never awaited: close it so nothing warns later
