@@ -356,9 +356,12 @@ class _NodeRun:
             await self.stop.wait()
         finally:
             log.info("GatewayStopping", extra={"node_id": settings.node_id})
+            deadline_s = settings.config.shutdown_timeout_s
             try:
-                async with asyncio.timeout(settings.config.shutdown_timeout_s):
-                    await gateway.stop()
+                # Requests in flight get the shutdown timeout to finish; closing the
+                # connections afterwards gets as long again.
+                async with asyncio.timeout(2 * deadline_s):
+                    await gateway.stop(drain_timeout_s=deadline_s)
             except TimeoutError:
                 log.warning("GatewayStopTimedOut", extra={"node_id": settings.node_id})
             log.info("NodeStopping", extra={"node_id": settings.node_id})
