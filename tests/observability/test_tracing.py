@@ -21,7 +21,7 @@ from tests.support.waiting import eventually
 QUICK_STOP = NodeConfig(
     timer_poll_interval_s=0.05, outbox_poll_interval_s=0.05, shutdown_timeout_s=0.2
 )
-WORKFLOWS = [workload.order, workload.interrupted]
+WORKFLOWS = [workload.order, workload.interrupted, workload.parent, workload.child]
 
 
 def _traced() -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -35,6 +35,7 @@ def _node(db: Path, provider: TracerProvider) -> Node:
     return Node(
         "n1",
         store=SqliteStore(str(db)),
+        actors=[workload.Gate],
         workflows=WORKFLOWS,
         config=QUICK_STOP,
         telemetry=Telemetry(tracer_provider=provider, workflow_counts_interval_s=None),
@@ -93,8 +94,12 @@ async def test_steps_are_children_of_the_span_that_started_the_workflow(tmp_path
         span.attributes and span.attributes["mainspring.stream_id"] == workflow_stream
         for span in handled
     )
+    # The start was one message sent inside the checkout span: its batch is that span's child.
+    checkout_id = checkout.get_span_context().span_id
+    assert any(span.parent is not None and span.parent.span_id == checkout_id for span in handled)
     commits = _named(exporter, "mainspring.journal.commit")
     assert commits
+    assert all(span.parent is None for span in commits)
     assert all(span.attributes and span.attributes["mainspring.requests"] >= 1 for span in commits)
 
 
@@ -125,3 +130,40 @@ async def test_a_workflow_keeps_its_trace_after_its_node_restarts(tmp_path: Path
         assert span.parent is not None
         assert span.context.trace_id == original.trace_id
         assert span.parent.span_id == original.span_id
+
+
+async def test_a_child_workflow_runs_in_its_parents_trace(tmp_path: Path) -> None:
+    provider, exporter = _traced()
+    async with _node(tmp_path / "child.db", provider) as node:
+        with provider.get_tracer("client").start_as_current_span("request") as request:
+            handle = await node.workflows.start(workload.parent, "p-1", "hi")
+        assert await handle.result(timeout_s=20) == "HI"
+    shouts = _named(exporter, "step shout")
+    assert len(shouts) == 1
+    assert shouts[0].context is not None
+    assert shouts[0].context.trace_id == request.get_span_context().trace_id
+
+
+async def test_a_batch_of_several_messages_links_to_every_sender(tmp_path: Path) -> None:
+    provider, exporter = _traced()
+    tracer = provider.get_tracer("client")
+    workload.GATE["open"] = asyncio.Event()
+    async with _node(tmp_path / "batch.db", provider) as node:
+        blocked = asyncio.ensure_future(node.ask(workload.Gate, "g", workload.WaitAtGate()))
+        await asyncio.sleep(0.05)
+        senders = []
+        for name in ("first", "second"):
+            with tracer.start_as_current_span(name) as sender:
+                await node.tell(workload.Gate, "g", workload.Touch())
+            senders.append(sender.get_span_context())
+        workload.GATE["open"].set()
+        await blocked
+        assert await node.ask(workload.Gate, "g", workload.Touch()) == 3
+    batches = [
+        span
+        for span in _named(exporter, "mainspring.actor.handle")
+        if span.attributes and span.attributes["mainspring.messages"] == 2
+    ]
+    assert len(batches) == 1
+    assert batches[0].parent is None
+    assert [link.context for link in batches[0].links] == senders

@@ -105,7 +105,24 @@ class Gate(mainspring.Actor[int]):
     @handler
     def touch(self, ctx: ActorContext[int], message: Touch) -> int:
         ctx.emit(Touched())
-        return ctx.state + 1
+        return ctx.state
 
     def evolve(self, state: int, event: Any) -> int:
         return state + 1
+
+
+async def shout(word: str) -> str:
+    """A step of the child workflow."""
+    return word.upper()
+
+
+@mainspring.workflow("obs.child")
+async def child(ctx: WorkflowContext, word: str) -> str:
+    """One step."""
+    return await ctx.step(shout, word)
+
+
+@mainspring.workflow("obs.parent")
+async def parent(ctx: WorkflowContext, word: str) -> str:
+    """Runs ``child`` and returns its result."""
+    return await ctx.child(child, f"{ctx.workflow_id}-child", word)

@@ -17,7 +17,16 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, final
 
 import attrs
-from opentelemetry.trace import StatusCode, Tracer
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    StatusCode,
+    Tracer,
+    get_current_span,
+    set_span_in_context,
+)
 
 from mainspring.actors.actor import Actor, ActorContext, fold_events
 from mainspring.codec import Registry
@@ -62,6 +71,8 @@ class _Envelope:
     """The actor type's handler of ``message``, looked up once when the message is accepted."""
     accepted_s: float = 0.0
     """The host clock's monotonic time when the message was queued (for the mailbox age)."""
+    sender: SpanContext | None = None
+    """The span the message was sent from (only when the node traces)."""
 
 
 _PLAIN_REPLIES: Final = frozenset({type(None), bool, int, float, str, bytes})
@@ -332,8 +343,17 @@ class Activation:
             _settle(self.mailbox.popleft(), error=error)
 
     async def _handle_batch_traced(self, tracer: Tracer, batch: Sequence[_Envelope]) -> bool:
-        """``_handle_batch`` inside a span (when the node traces)."""
-        with tracer.start_as_current_span("mainspring.actor.handle") as span:
+        """``_handle_batch`` inside a span (when the node traces): the child of the sender's
+        span when the batch is one message, else a new trace linked to every sender's span
+        (never the child of whoever happened to activate the actor)."""
+        senders = [e.sender for e in batch if e.sender is not None and e.sender.is_valid]
+        parent = Context()
+        if len(batch) == 1 and senders:
+            parent = set_span_in_context(NonRecordingSpan(senders[0]))
+        links = [Link(sender) for sender in senders] if len(senders) > 1 else None
+        with tracer.start_as_current_span(
+            "mainspring.actor.handle", context=parent, links=links
+        ) as span:
             span.set_attribute("mainspring.stream_id", self.stream_id)
             span.set_attribute("mainspring.messages", len(batch))
             healthy = await self._handle_batch(batch)
@@ -621,8 +641,9 @@ class ActorHost:
         if len(activation.mailbox) >= self.config.mailbox_messages_max:
             raise Overloaded(f"the mailbox of {stream_id!r}", self.config.mailbox_messages_max, 1.0)
         future = asyncio.get_running_loop().create_future() if want_reply else None
+        sender = None if self.tracer is None else get_current_span().get_span_context()
         activation.mailbox.append(
-            _Envelope(message, message_id, future, function, self.clock.monotonic_s())
+            _Envelope(message, message_id, future, function, self.clock.monotonic_s(), sender)
         )
         activation.wakeup.set()
         self.live.move_to_end(stream_id)

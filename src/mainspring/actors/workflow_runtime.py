@@ -886,7 +886,7 @@ class WorkflowRun:
             self.live.tell(
                 WORKFLOW_ACTOR_TYPE,
                 child_id,
-                StartWorkflow(type_name, envelope, 0, self.workflow_id, n),
+                StartWorkflow(type_name, envelope, 0, self.workflow_id, n, self.traceparent),
             )
         return future
 

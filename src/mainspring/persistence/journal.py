@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Final, final
 
 import attrs
+from opentelemetry.context import Context
 from opentelemetry.trace import Tracer
 
 from mainspring.crashpoints import crash_point
@@ -218,7 +219,10 @@ class Journal:
         if self.tracer is None:
             await self._commit_batch_untraced(batch)
             return
-        with self.tracer.start_as_current_span("mainspring.journal.commit") as span:
+        # A trace of its own: the committer task's context is whoever started the journal.
+        with self.tracer.start_as_current_span(
+            "mainspring.journal.commit", context=Context()
+        ) as span:
             span.set_attribute("mainspring.requests", len(batch))
             await self._commit_batch_untraced(batch)
 
