@@ -156,3 +156,10 @@ def test_a_sigterm_while_starting_stops_the_start(tmp_path: Path) -> None:
         "mainspring node: error: stopped by SIGTERM before the node was ready"
     ]
     assert (tmp_path / "lifespan-exited").exists()
+
+
+def test_the_node_guide_runs() -> None:
+    """Goal: the Python examples of docs/node.md work. Method: run its code blocks in order."""
+    from tests.support.docs import run_code_blocks
+
+    run_code_blocks("node.md", blocks_min=2)
