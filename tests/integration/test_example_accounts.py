@@ -1,4 +1,4 @@
-"""The ``make run`` example runs end to end in a real process and reports success."""
+"""The ``make accounts`` example runs end to end in a real process and reports success."""
 
 from __future__ import annotations
 
