@@ -21,7 +21,13 @@ from tests.support.waiting import eventually
 QUICK_STOP = NodeConfig(
     timer_poll_interval_s=0.05, outbox_poll_interval_s=0.05, shutdown_timeout_s=0.2
 )
-WORKFLOWS = [workload.order, workload.interrupted, workload.parent, workload.child]
+WORKFLOWS = [
+    workload.order,
+    workload.interrupted,
+    workload.parent,
+    workload.child,
+    workload.rounds,
+]
 
 
 def _traced() -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -167,3 +173,16 @@ async def test_a_batch_of_several_messages_links_to_every_sender(tmp_path: Path)
     assert len(batches) == 1
     assert batches[0].parent is None
     assert [link.context for link in batches[0].links] == senders
+
+
+async def test_runs_that_continue_as_new_stay_in_the_trace(tmp_path: Path) -> None:
+    provider, exporter = _traced()
+    async with _node(tmp_path / "rounds.db", provider) as node:
+        with provider.get_tracer("client").start_as_current_span("subscribe") as subscribe:
+            handle = await node.workflows.start(workload.rounds, "r-1", 1)
+        assert await handle.result(timeout_s=20) == 3
+    shouts = _named(exporter, "step shout")
+    assert len(shouts) == 3
+    for span in shouts:
+        assert span.parent is not None
+        assert span.parent.span_id == subscribe.get_span_context().span_id

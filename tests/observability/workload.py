@@ -126,3 +126,12 @@ async def child(ctx: WorkflowContext, word: str) -> str:
 async def parent(ctx: WorkflowContext, word: str) -> str:
     """Runs ``child`` and returns its result."""
     return await ctx.child(child, f"{ctx.workflow_id}-child", word)
+
+
+@mainspring.workflow("obs.rounds")
+async def rounds(ctx: WorkflowContext, number: int) -> int:
+    """One step per run; continues as new until the third run."""
+    await ctx.step(shout, f"round {number}")
+    if number < 3:
+        ctx.continue_as_new(number + 1)
+    return number
