@@ -100,8 +100,6 @@ def _postgres(url: str) -> StoreUrl:
         _ = parts.port  # raises ValueError on a non-numeric or out-of-range port
     except ValueError as error:
         raise UsageError(f"PostgreSQL store URL {url!r} is malformed: {error}; {_HELP}") from None
-    if not parts.hostname and "host=" not in parts.query:
-        raise UsageError(f"PostgreSQL store URL {url!r} names no host; {_HELP}")
     query = parse_qsl(parts.query, keep_blank_values=True)
     schemas = [value for name, value in query if name == "schema"]
     if len(schemas) > 1:

@@ -1,0 +1,89 @@
+"""The option parsers of ``mainspring node``: store URLs, addresses, node ids and tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mainspring import UsageError
+from mainspring.cli._store import parse_store_url
+from mainspring.cli.node import default_node_id, parse_listen, read_tokens
+
+
+def test_sqlite_urls_name_relative_and_absolute_files() -> None:
+    """Goal: three slashes mean a relative path, four an absolute one. Method: parse both."""
+    relative = parse_store_url("sqlite:///./data/node.db")
+    assert (relative.kind, relative.path) == ("sqlite", Path("data/node.db"))
+    absolute = parse_store_url("sqlite:////var/lib/mainspring/node.db")
+    assert absolute.path == Path("/var/lib/mainspring/node.db")
+    assert absolute.describe() == "sqlite:////var/lib/mainspring/node.db"
+
+
+def test_postgres_urls_take_the_schema_out_of_the_dsn() -> None:
+    """Goal: '?schema=' picks the schema and is not passed to the driver; other parameters
+    are. Method: parse URLs with and without it."""
+    parsed = parse_store_url("postgresql://app:secret@db:5433/prod?schema=orders&sslmode=require")
+    assert parsed.kind == "postgres"
+    assert parsed.schema == "orders"
+    assert parsed.dsn == "postgresql://app:secret@db:5433/prod?sslmode=require"
+    assert "secret" not in parsed.describe()
+    assert parsed.describe() == "postgresql://app@db:5433/prod (schema orders)"
+    assert parse_store_url("postgres://db/x").schema == "public"
+    # No host: the driver's defaults (a local socket, $PGHOST) apply.
+    assert parse_store_url("postgresql:///x").dsn == "postgresql:///x"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("", "must not be empty"),
+        ("node.db", "has no scheme"),
+        ("mysql://db/x", "unsupported scheme 'mysql'"),
+        ("sqlite://host/x.db", "three slashes"),
+        ("sqlite:///", "names no file"),
+        ("sqlite:///data/", "names no file"),
+        ("sqlite:///:memory:", "in-memory"),
+        ("sqlite:///x.db?mode=ro", "takes no query"),
+        ("postgresql://db:notaport/x", "is malformed"),
+        ("postgresql://db/x?schema=a&schema=b", "more than once"),
+        ("postgresql://db/x?schema=", "empty 'schema'"),
+    ],
+)
+def test_bad_store_urls_are_refused_with_the_reason(url: str, expected: str) -> None:
+    """Goal: each malformed URL names its problem. Method: parse it."""
+    with pytest.raises(UsageError) as raised:
+        parse_store_url(url)
+    assert expected in str(raised.value), str(raised.value)
+
+
+def test_listen_addresses() -> None:
+    """Goal: HOST:PORT, [IPv6]:PORT and port 0 parse; the rest is refused. Method: parse."""
+    assert parse_listen("127.0.0.1:8080") == ("127.0.0.1", 8080)
+    assert parse_listen("[::1]:0") == ("::1", 0)
+    assert parse_listen("localhost:65535") == ("localhost", 65535)
+    for bad in ("8080", ":8080", "host:", "host:http", "host:65536"):
+        with pytest.raises(UsageError, match="--listen"):
+            parse_listen(bad)
+
+
+def test_default_node_ids_are_valid_node_ids() -> None:
+    """Goal: any host name gives a usable id. Method: derive ids from awkward names."""
+    assert default_node_id(8080, "worker-3.example.com") == "worker-3.example.com-8080"
+    assert default_node_id(1, "-weird host name!") == "weird-host-name-1"
+    assert default_node_id(0, "...") == "node-0"
+    assert len(default_node_id(65535, "h" * 300)) <= 100
+
+
+def test_tokens_come_from_options_the_environment_and_a_file(tmp_path: Path) -> None:
+    """Goal: every source adds tokens, duplicates count once, comments and blanks are
+    skipped, and a weak token is refused. Method: combine the three sources."""
+    token_file = tmp_path / "tokens"
+    token_file.write_text("# operators\nfile-token-1\n\n  file-token-2  # ci\nalpha-token-1\n")
+    tokens = read_tokens(("alpha-token-1",), "env-token-1, env-token-2", token_file)
+    assert tokens == ("alpha-token-1", "env-token-1", "env-token-2", "file-token-1", "file-token-2")
+    assert read_tokens((), None, None) == ()
+    with pytest.raises(UsageError, match="at least 8 characters"):
+        read_tokens(("short",), None, None)
+    with pytest.raises(UsageError, match="cannot read --token-file"):
+        read_tokens((), None, tmp_path / "missing")
