@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import attrs
 
@@ -108,5 +108,6 @@ def _postgres(url: str) -> StoreUrl:
     if not schema:
         raise UsageError(f"PostgreSQL store URL {url!r} has an empty 'schema'")
     others = urlencode([(name, value) for name, value in query if name != "schema"])
-    dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, others, ""))
+    # Built by hand: urlunsplit drops the '//' of an empty host ('postgresql:///db').
+    dsn = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{others}" if others else "")
     return StoreUrl("postgres", dsn=dsn, schema=schema)
