@@ -76,3 +76,35 @@ def test_workflows_bench_prints_its_figures() -> None:
     assert result["workflows"] == 8
     assert result["dbos_skipped"] == "--no-dbos"
     assert "uncontended_step_overhead_ms_p50" in result["step_overhead_target_applies_to"]
+
+
+def test_http_bench_prints_its_figures() -> None:
+    result = run_bench(
+        "http.py",
+        "--starts",
+        "12",
+        "--signals",
+        "12",
+        "--requests",
+        "12",
+        "--warmup",
+        "2",
+        "--concurrency",
+        "4",
+    )
+    for key in (
+        "raw_aiohttp_req_per_s",
+        "starts_per_s",
+        "signals_per_s",
+        "inprocess_starts_per_s",
+        "start_ms_p50",
+        "start_ms_p99",
+        "signal_ms_p50",
+        "signal_ms_p99",
+        "starts_ratio",
+    ):
+        assert isinstance(result[key], int | float), key
+    assert result["store"] == "sqlite"
+    assert result["starts"] == 12
+    assert result["signals"] == 12
+    assert result["ratio_target"] == 0.3

@@ -1,0 +1,339 @@
+"""The HTTP gateway's throughput and latency, beside a trivial aiohttp handler, same run.
+
+The server side (this process) runs a node on a fresh database behind ``mainspring.gateway``,
+and, on another port of the same event loop, a bare aiohttp application whose one handler
+parses a small JSON body and answers ``{"ok": true}``. A load client runs in a separate process
+(``python bench/http.py --client ...``) on loopback: an aiohttp ``ClientSession`` with
+``--concurrency`` requests in flight. Each phase is one client process:
+
+1. ``raw``: ``--requests`` POSTs to the bare handler (after ``--warmup`` uncounted ones);
+2. ``start``: ``--starts`` ``POST /v1/workflows/bench-http-one-step`` with distinct ids (a
+   one-step workflow); each answers 201 once the start is durable. The workflows then run
+   (their step and completion are committed) alongside, as they would in production;
+3. ``signal``: ``--signals`` ``POST /v1/workflows/{id}/signals/tick`` spread round-robin over
+   ``--concurrency`` waiting workflows; each answers 202 once the signal is durable.
+
+Figures: ``raw_aiohttp_req_per_s``, ``starts_per_s``, ``signals_per_s`` (requests / wall time
+of the phase, measured by the client), their latency ``_ms_p50`` / ``_ms_p99``, and
+``starts_ratio`` = ``starts_per_s / raw_aiohttp_req_per_s`` (target >= 0.3). Every answer's
+status is checked; a phase with an unexpected status fails the run.
+
+``inprocess_starts_per_s`` is the engine's own ceiling for the start phase, measured between
+the raw and start phases: the same number of starts through ``node.workflows.start`` in the
+server process, ``--concurrency`` in flight, no HTTP. ``starts_vs_inprocess`` is
+``starts_per_s / inprocess_starts_per_s``: how much of it the gateway keeps.
+
+Usage: python bench/http.py --store sqlite|postgres [--starts 3000] [--signals 3000]
+       [--requests 3000] [--concurrency 64] [--json]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This script is named http.py: with its own directory first on sys.path (as Python puts it),
+# it would shadow the standard library's http package that aiohttp imports. Load the standard
+# library first, then make the directory importable again for _support.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import http.cookies  # noqa: E402, F401  (the standard library's, before _HERE is on the path)
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+import aiohttp  # noqa: E402
+import orjson  # noqa: E402
+from aiohttp import web  # noqa: E402
+
+import mainspring  # noqa: E402
+from mainspring import Node, WorkflowContext  # noqa: E402
+from mainspring.gateway import Gateway  # noqa: E402
+
+sys.path.append(str(_HERE))
+
+from _support import (  # noqa: E402
+    add_store_arguments,
+    environment,
+    fresh_database,
+    median,
+    open_store,
+    percentile,
+    postgres_version,
+    rounded,
+)
+
+RATIO_TARGET = 0.3
+"""The target for ``starts_per_s / raw_aiohttp_req_per_s``."""
+EXPECTED_STATUS = {"raw": 200, "start": 201, "signal": 202}
+
+
+async def one_step(value: int) -> int:
+    """The step of the benchmark workflow."""
+    return value + 1
+
+
+@mainspring.workflow("bench-http-one-step", version=1)
+async def one_step_workflow(ctx: WorkflowContext, value: int) -> int:
+    """One step, then done."""
+    return int(await ctx.step(one_step, value))
+
+
+@mainspring.workflow("bench-http-ticks", version=1)
+async def ticks_workflow(ctx: WorkflowContext, _: None) -> None:
+    """Waits for ``tick`` signals until ``stop``."""
+    while await ctx.wait_for_signal("tick") != "stop":
+        pass
+
+
+# The load client (a separate process) ----------------------------------------------------
+
+
+async def client(arguments: argparse.Namespace) -> dict[str, Any]:
+    """Send ``count`` requests of one kind, ``concurrency`` in flight; time each."""
+    kind, count, concurrency = arguments.kind, arguments.count, arguments.concurrency
+    headers = {"Content-Type": "application/json"}
+    statuses: Counter[int] = Counter()
+    latencies: list[float] = []
+    next_number = 0
+
+    def request(number: int) -> tuple[str, bytes]:
+        if kind == "raw":
+            return f"{arguments.url}/raw", orjson.dumps({"id": f"r-{number}", "input": number})
+        if kind == "start":
+            body = {"id": f"{arguments.prefix}-{number}", "input": number}
+            return f"{arguments.url}/v1/workflows/bench-http-one-step", orjson.dumps(body)
+        target = f"{arguments.prefix}-{number % arguments.targets}"
+        return f"{arguments.url}/v1/workflows/{target}/signals/tick", orjson.dumps(number)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal next_number
+        while next_number < count:
+            number = next_number
+            next_number += 1
+            url, body = request(number)
+            sent = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                statuses[response.status] += 1
+            latencies.append(time.perf_counter() - sent)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "kind": kind,
+        "count": count,
+        "seconds": seconds,
+        "per_s": count / seconds,
+        "p50_ms": median(latencies) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "statuses": {str(status): n for status, n in sorted(statuses.items())},
+    }
+
+
+def client_main(argv: Sequence[str]) -> None:
+    """``--client``: run one phase against ``--url`` and print its figures as JSON."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--client", action="store_true")
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--kind", choices=sorted(EXPECTED_STATUS), required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--concurrency", type=int, required=True)
+    parser.add_argument("--prefix", default="w")
+    parser.add_argument("--targets", type=int, default=1)
+    arguments = parser.parse_args(argv)
+    print(json.dumps(asyncio.run(client(arguments))))
+
+
+# The server side ---------------------------------------------------------------------------
+
+
+SCRIPT = str(Path(__file__).resolve())
+
+
+async def run_client(url: str, kind: str, count: int, concurrency: int, **extra: Any) -> Any:
+    """One load-client process; its figures, after checking every status."""
+    command = [
+        sys.executable,
+        SCRIPT,
+        "--client",
+        "--url",
+        url,
+        "--kind",
+        kind,
+        "--count",
+        str(count),
+        "--concurrency",
+        str(concurrency),
+    ]
+    for key, value in extra.items():
+        command += [f"--{key}", str(value)]
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    stdout, stderr = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"the {kind} client failed: {stderr.decode()[-2000:]}")
+    figures = json.loads(stdout)
+    expected = {str(EXPECTED_STATUS[kind]): count}
+    if figures["statuses"] != expected:
+        raise AssertionError(f"{kind}: expected {expected}, got {figures['statuses']}")
+    return figures
+
+
+async def raw_handler(request: web.Request) -> web.Response:
+    """The baseline: parse a small JSON body, answer a small JSON body."""
+    body = orjson.loads(await request.read())
+    assert isinstance(body, dict)
+    return web.Response(body=orjson.dumps({"ok": True}), content_type="application/json")
+
+
+async def serve_raw() -> tuple[web.AppRunner, str]:
+    """The bare aiohttp application on a free loopback port."""
+    app = web.Application()
+    app.router.add_post("/raw", raw_handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    return runner, f"http://{host}:{port}"
+
+
+async def measure(store: Any, arguments: argparse.Namespace) -> dict[str, Any]:
+    """The three phases against one node and one bare server."""
+    concurrency = arguments.concurrency
+    node = Node("bench-http", store=store, workflows=[one_step_workflow, ticks_workflow])
+    raw_runner, raw_url = await serve_raw()
+    try:
+        async with node:
+            gateway = Gateway(node)
+            url = await gateway.start("127.0.0.1", 0)
+            try:
+                if arguments.warmup:
+                    await run_client(raw_url, "raw", arguments.warmup, concurrency)
+                    await run_client(url, "start", arguments.warmup, concurrency, prefix="warm")
+                raw = await run_client(raw_url, "raw", arguments.requests, concurrency)
+                inprocess = await start_in_process(node, arguments.starts, concurrency)
+                starts = await run_client(url, "start", arguments.starts, concurrency, prefix="s")
+                targets = min(concurrency, arguments.signals)
+                for number in range(targets):
+                    await node.workflows.start(ticks_workflow, f"t-{number}", None)
+                signals = await run_client(
+                    url, "signal", arguments.signals, concurrency, prefix="t", targets=targets
+                )
+            finally:
+                await gateway.stop()
+    finally:
+        await raw_runner.cleanup()
+    return {"raw": raw, "start": starts, "signal": signals, "inprocess": inprocess}
+
+
+async def start_in_process(node: Node, count: int, concurrency: int) -> dict[str, float]:
+    """The same starts through ``node.workflows.start`` in this process, ``concurrency`` in
+    flight: the engine's own ceiling for the start phase, without HTTP."""
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(number: int) -> None:
+        async with semaphore:
+            await node.workflows.start(one_step_workflow, f"p-{number}", number)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(number) for number in range(count)))
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "per_s": count / seconds}
+
+
+def git_commit() -> str:
+    """The commit the run measured (with ``+dirty`` when the tree has changes)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit
+
+
+async def run(arguments: argparse.Namespace) -> dict[str, Any]:
+    """One full measurement on a fresh database."""
+    async with fresh_database(arguments.store, arguments.dsn, "http") as where:
+        phases = await measure(open_store(arguments.store, where), arguments)
+    raw, starts, signals = phases["raw"], phases["start"], phases["signal"]
+    inprocess = phases["inprocess"]
+    result: dict[str, Any] = {
+        "store": arguments.store,
+        "concurrency": arguments.concurrency,
+        "starts": arguments.starts,
+        "signals": arguments.signals,
+        "requests": arguments.requests,
+        "raw_aiohttp_req_per_s": round(raw["per_s"], 1),
+        "raw_ms_p50": rounded(raw["p50_ms"]),
+        "raw_ms_p99": rounded(raw["p99_ms"]),
+        "starts_per_s": round(starts["per_s"], 1),
+        "start_ms_p50": rounded(starts["p50_ms"]),
+        "start_ms_p99": rounded(starts["p99_ms"]),
+        "signals_per_s": round(signals["per_s"], 1),
+        "signal_ms_p50": rounded(signals["p50_ms"]),
+        "signal_ms_p99": rounded(signals["p99_ms"]),
+    }
+    result["inprocess_starts_per_s"] = round(inprocess["per_s"], 1)
+    result["starts_vs_inprocess"] = rounded(starts["per_s"] / inprocess["per_s"])
+    result["starts_ratio"] = rounded(starts["per_s"] / raw["per_s"])
+    result["ratio_target"] = RATIO_TARGET
+    result["ratio_target_met"] = result["starts_ratio"] >= RATIO_TARGET
+    version = await postgres_version(arguments.dsn) if arguments.store == "postgres" else None
+    described = environment(arguments.store, version)
+    described["aiohttp"] = aiohttp.__version__
+    described["machine"] = platform.machine()
+    described["load_average_1m"] = f"{os.getloadavg()[0]:.2f}"
+    described["commit"] = git_commit()
+    result["environment"] = described
+    return result
+
+
+def main(argv: Sequence[str]) -> None:
+    """Parse the command line, run once, print the figures."""
+    if "--client" in argv:
+        client_main(argv)
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_store_arguments(parser)
+    parser.add_argument("--starts", type=int, default=3000)
+    parser.add_argument("--signals", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=3000, help="to the bare handler")
+    parser.add_argument("--warmup", type=int, default=200, help="uncounted first, per server")
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    arguments = parser.parse_args(argv)
+    for name in ("starts", "signals", "requests", "concurrency"):
+        if getattr(arguments, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    if arguments.warmup < 0:
+        parser.error("--warmup must be >= 0")
+    result = asyncio.run(run(arguments))
+    if arguments.json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        print(f"{key:>24}: {value}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
