@@ -57,3 +57,15 @@ def test_one_telemetry_serves_one_node(tmp_path: Path) -> None:
 async def test_workflow_counts_need_a_node() -> None:
     with pytest.raises(UsageError, match="serves no node"):
         await Telemetry().refresh_workflow_counts()
+
+
+async def test_runs_that_continue_as_new_count_as_started_and_ended(tmp_path: Path) -> None:
+    async with make_node(str(tmp_path / "r.db"), Telemetry()) as node:
+        handle = await node.workflows.start(workload.rounds, "r-1", 1)
+        assert await handle.result(timeout_s=20) == 3
+        samples = samples_of(node)
+    rounds = {"workflow_type": "obs.rounds"}
+    assert total(samples, "mainspring_workflow_starts_total", **rounds) == 3
+    ended = "mainspring_workflow_completions_total"
+    assert total(samples, ended, status="continued-as-new", **rounds) == 2
+    assert total(samples, ended, status="completed", **rounds) == 1

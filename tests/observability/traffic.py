@@ -23,7 +23,13 @@ FAST = NodeConfig(
     lease_renew_interval_s=0.05,
     shutdown_timeout_s=1.0,
 )
-WORKFLOWS = [workload.order, workload.waiting, workload.doomed, workload.interrupted]
+WORKFLOWS = [
+    workload.order,
+    workload.waiting,
+    workload.doomed,
+    workload.interrupted,
+    workload.rounds,
+]
 
 
 def make_node(db: str, telemetry: Telemetry, node_id: str = "n1") -> Node:

@@ -1248,6 +1248,10 @@ class WorkflowActorBase(Actor[WorkflowState]):
         versions = self.definitions[state.workflow_type]
         latest = versions[max(versions)]
         self._stop_work(ctx, state)
+        telemetry = self.services.telemetry
+        if telemetry is not None:
+            ended_type = state.workflow_type
+            ctx.after_commit(lambda: telemetry.workflow_closed(ended_type, "continued-as-new"))
         assert self.run is not None
         traceparent = self.run.traceparent
         self.run.abandon()
