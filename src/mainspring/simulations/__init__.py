@@ -11,13 +11,16 @@ from mainspring.simulations.checkers import (
     StoreContents,
     capture,
     check_gapless,
+    check_liveness,
     check_no_acknowledged_event_lost,
     check_no_message_applied_twice,
     check_no_stale_epoch_commit,
     check_replay_equals_memory,
+    check_timers_fire_once_and_not_early,
     run_checks,
 )
 from mainspring.simulations.clock import EPOCH_MS, ClockFaults, SimClock, SimIds, SimRandom
+from mainspring.simulations.effects import Effect, EffectLedger
 from mainspring.simulations.faults import (
     Acknowledgement,
     AppendRecord,
@@ -51,6 +54,8 @@ __all__ = [
     "Checker",
     "ClockFaults",
     "Deadlock",
+    "Effect",
+    "EffectLedger",
     "FaultProfile",
     "FaultyStore",
     "InjectedStepError",
@@ -75,10 +80,12 @@ __all__ = [
     "World",
     "capture",
     "check_gapless",
+    "check_liveness",
     "check_no_acknowledged_event_lost",
     "check_no_message_applied_twice",
     "check_no_stale_epoch_commit",
     "check_replay_equals_memory",
+    "check_timers_fire_once_and_not_early",
     "run_checks",
     "run_simulation",
 ]

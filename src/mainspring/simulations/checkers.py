@@ -9,6 +9,7 @@ live on a running node.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -18,7 +19,7 @@ import attrs
 from mainspring.actors.actor import Actor, replay
 from mainspring.node import Node
 from mainspring.persistence.store import LeaseRecord, Store, StoredEvent, StreamHead
-from mainspring.simulations.faults import AppendRecord, LeaseGrant, StoreHistory
+from mainspring.simulations.faults import AppendRecord, FaultyStore, LeaseGrant, StoreHistory
 from mainspring.simulations.loop import SimulationError
 
 if TYPE_CHECKING:
@@ -39,10 +40,12 @@ __all__ = [
     "StoreContents",
     "capture",
     "check_gapless",
+    "check_liveness",
     "check_no_acknowledged_event_lost",
     "check_no_message_applied_twice",
     "check_no_stale_epoch_commit",
     "check_replay_equals_memory",
+    "check_timers_fire_once_and_not_early",
     "run_checks",
 ]
 
@@ -323,23 +326,162 @@ def check_replay_equals_memory(
     return compared
 
 
+def _workflow_events(
+    contents: StoreContents,
+) -> Iterable[tuple[str, list[tuple[StoredEvent, Any]]]]:
+    """``(workflow id, [(stored, decoded WorkflowEvent)])`` for every workflow stream."""
+    from mainspring.actors.workflow_runtime import WORKFLOW_ACTOR_TYPE, WorkflowEvent
+    from mainspring.codec import registry
+
+    prefix = WORKFLOW_ACTOR_TYPE + "/"
+    for stream_id, events in sorted(contents.events.items()):
+        if not stream_id.startswith(prefix):
+            continue
+        decoded = []
+        for stored in events:
+            event = registry.decode(stored.type_name, stored.type_version, stored.payload)
+            assert isinstance(event, WorkflowEvent), (stream_id, stored.seq)
+            decoded.append((stored, event))
+        yield stream_id[len(prefix) :], decoded
+
+
+def check_timers_fire_once_and_not_early(
+    contents: StoreContents, history: StoreHistory, *, backward_jump_ms_max: int = 0
+) -> int:
+    """Every durable workflow timer fires at most once per run, only after it was started, and
+    not before its deadline by the clock of the node that fired it (the event's
+    ``recorded_at_ms``; ``backward_jump_ms_max`` tolerates a clock stepped back between the
+    scan that found the timer due and the commit).
+
+    Returns:
+        How many timer firings were checked.
+    """
+    invariant = "timers fire once and not early"
+    checked = 0
+    for workflow_id, events in _workflow_events(contents):
+        deadlines: dict[int, int] = {}
+        fired: dict[int, int] = {}
+        for stored, event in events:
+            if event.queued == 1:
+                continue  # parked while paused or stalled; released later as queued == 2
+            if event.kind in {"started", "retried"}:
+                deadlines.clear()
+                fired.clear()
+            elif event.kind == "timer_started":
+                deadlines[event.n] = int(event.data)
+            elif event.kind == "timer_fired":
+                if event.n not in deadlines:
+                    raise _violation(
+                        invariant,
+                        f"workflow {workflow_id!r}: timer {event.n} fired at seq {stored.seq} "
+                        "but was never started in this run",
+                    )
+                if event.n in fired:
+                    raise _violation(
+                        invariant,
+                        f"workflow {workflow_id!r}: timer {event.n} fired twice (seq "
+                        f"{fired[event.n]} and seq {stored.seq})",
+                    )
+                fired[event.n] = stored.seq
+                checked += 1
+                due_ms = deadlines[event.n]
+                if stored.recorded_at_ms + backward_jump_ms_max < due_ms:
+                    raise _violation(
+                        invariant,
+                        f"workflow {workflow_id!r}: timer {event.n} due at {due_ms} fired at "
+                        f"{stored.recorded_at_ms} (seq {stored.seq}), "
+                        f"{due_ms - stored.recorded_at_ms} ms early",
+                    )
+    return checked
+
+
+async def check_liveness(
+    world: World, *, within_s: float = 3600.0, poll_s: float = 1.0, limit: int = 20
+) -> int:
+    """After ``world.heal()``: every workflow in every store the run used reaches a closed
+    status (completed, failed, cancelled, terminated) within ``within_s`` virtual seconds.
+
+    Running nodes must be there to drive them (``heal`` restarts the nodes crash points
+    killed; nodes the scenario crashed are the scenario's to restart).
+
+    Returns:
+        How many workflows were checked.
+
+    Raises:
+        InvariantViolation: ``[liveness]``, naming the stragglers and their status.
+    """
+    from mainspring.actors.workflow_runtime import CLOSED_STATUSES, WORKFLOW_ACTOR_TYPE
+
+    if not world.healed:
+        raise SimulationError("check_liveness runs in the liveness phase: call world.heal() first")
+    deadline_s = world.now_s + within_s
+    while True:
+        open_workflows: list[tuple[str, str]] = []
+        total = 0
+        for store in _inner_stores(world):
+            after: tuple[str, str] | None = None
+            for _ in range(100_000):
+                page = await store.list_instances(WORKFLOW_ACTOR_TYPE, None, 500, after)
+                total += len(page)
+                open_workflows.extend(
+                    (info.actor_id, info.status)
+                    for info in page
+                    if info.status not in CLOSED_STATUSES
+                )
+                if len(page) < 500:
+                    break
+                after = (page[-1].actor_type, page[-1].actor_id)
+        if not open_workflows:
+            return total
+        if world.now_s >= deadline_s:
+            shown = ", ".join(f"{id_} ({status})" for id_, status in open_workflows[:limit])
+            more = len(open_workflows) - limit
+            raise _violation(
+                "liveness",
+                f"{len(open_workflows)} of {total} workflows not closed {within_s:g} s after "
+                f"the faults healed (at t={world.healed_at_s:.3f}s): {shown}"
+                + (f" and {more} more" if more > 0 else ""),
+            )
+        await asyncio.sleep(poll_s)
+
+
+def _inner_stores(world: World) -> list[Store]:
+    """Every store of the run, through no fault wrapper."""
+    stores: list[Store] = []
+    for store in world.stores:
+        inner = store.inner if isinstance(store, FaultyStore) else store
+        if all(known is not inner for known in stores):
+            stores.append(inner)
+    for faulty in world.faulty_stores:
+        if all(known is not faulty.inner for known in stores):
+            stores.append(faulty.inner)
+    return stores
+
+
 async def run_checks(world: World, extra: Sequence[Checker] = ()) -> None:
-    """Check every store the world wrapped (``world.faulty_store``): the built-in invariants,
-    then ``extra``, then replay-equals-memory for every actor live on a running node.
+    """Check every store the world wrapped (``world.faulty_store``): the built-in invariants
+    (timers included), then ``extra``, then replay-equals-memory for every actor live on a
+    running node, then the world's user invariants (``world.add_invariant``).
 
     Raises:
         InvariantViolation: the first invariant found broken.
     """
     checkers: Iterable[Checker] = (*BUILTIN_CHECKERS, *extra)
+    clock = world.profile.clock
+    backward_ms = clock.jump_ms_max if clock.jump else 0
     for store in world.faulty_stores:
         contents = await capture(store.inner)
         for checker in checkers:
             checker(contents, store.history)
+        check_timers_fire_once_and_not_early(
+            contents, store.history, backward_jump_ms_max=backward_ms
+        )
         for _, node in world.running_nodes():
             if shared_store(node.store) is not store:
                 continue
             for actor_cls in node.host.types.values():
                 check_replay_equals_memory(node, actor_cls, contents)
+    world.check_invariants()
 
 
 def _span(seqs: Sequence[int]) -> str:

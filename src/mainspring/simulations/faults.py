@@ -262,6 +262,10 @@ class StoreObserver(Protocol):
         """An invariant broke: stop the run."""
         ...
 
+    def after_commit(self) -> None:
+        """An append committed (user invariants may be checked now)."""
+        ...
+
 
 class _IncrementalChecks:
     """The invariants a ``FaultyStore`` checks at each commit and grant, as it happens, so a
@@ -610,6 +614,8 @@ class FaultyStore:
                 message = self._checks.commit(record, newest)
                 if message is not None:
                     self._violated(message)
+            if truly_committed and self._observer is not None:
+                self._observer.after_commit()
 
     async def delete_outbox(self, message_ids: Sequence[str]) -> None:
         """See ``Store.delete_outbox``."""

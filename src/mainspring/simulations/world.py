@@ -37,6 +37,7 @@ from mainspring.persistence.memory import MemoryStore
 from mainspring.persistence.sqlite import InlineRunner, SqliteStore
 from mainspring.persistence.store import Store
 from mainspring.simulations.clock import SimClock, SimIds, SimRandom
+from mainspring.simulations.effects import EffectLedger
 from mainspring.simulations.faults import FaultyStore, StoreFaults, StoreHistory
 from mainspring.simulations.loop import (
     NodeTag,
@@ -191,6 +192,9 @@ class World:
         self._nemesis_draws = substream(seed, "nemesis")
         self._crashed_steps: set[str] = set()
         self._nemeses: list[asyncio.Task[None]] = []
+        self.effects: Final = EffectLedger(loop, self.violation)
+        """The simulated outside world's effect ledger (``EffectLedger``): steps call
+        ``world.effects.apply(value)``; each key's effect is applied at most once."""
         self.invariants: Final[list[Callable[[World], None]]] = []
         """User invariants checked by ``check_invariants`` (see ``add_invariant``)."""
 
@@ -766,6 +770,12 @@ class World:
         """Check ``invariant(world)`` at every ``check_invariants`` (and in ``run_checks``):
         it raises ``InvariantViolation`` when the state it looks at is wrong."""
         self.invariants.append(invariant)
+
+    def after_commit(self) -> None:
+        """Called by the world's faulty stores after each committed append: the user
+        invariants run then, so a violation stops the run at the commit that caused it."""
+        if self.invariants:
+            self.check_invariants()
 
     def check_invariants(self) -> None:
         """Run the user invariants now; a violation stops the run."""

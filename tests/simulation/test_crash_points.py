@@ -1,0 +1,105 @@
+"""Named crash points: a node dies exactly there, nothing of it runs afterwards, and the runtime
+recovers (the world restarts the node like a supervisor)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mainspring import crashpoints
+from mainspring.crashpoints import CRASH_POINTS, crash_point
+from mainspring.node import Node
+from mainspring.simulations import FaultProfile, World, run_simulation
+from tests.simulation.profile_scenarios import ledger_under_profile, workflows_under_profile
+from tests.simulation.scenarios import SIM_CONFIG
+from tests.support.ledger import Ledger
+
+
+async def test_without_a_hook_a_crash_point_completes_at_once() -> None:
+    for name in CRASH_POINTS:
+        assert await crash_point(name) is None
+    assert crashpoints.step_call(work := _value(), None) is work
+    assert await work == 7
+
+
+async def _value() -> int:
+    return 7
+
+
+def test_a_crash_point_stops_the_node_there_without_running_finally() -> None:
+    profile = FaultProfile(crash_points={"journal.after_commit": 1.0})
+
+    async def scenario(world: World) -> dict[str, object]:
+        await world.start_node("n1", [Ledger], world.memory_store(), config=SIM_CONFIG)
+        ran: list[str] = []
+
+        async def operation(node: Node) -> None:
+            try:
+                ran.append("before")
+                await crash_point("journal.after_commit")
+                ran.append("after")
+            finally:
+                ran.append("finally")
+
+        with pytest.raises(TimeoutError):
+            await world.call("n1", operation, timeout_s=0.5)
+        await world.sleep(2)  # the world restarts it within a second
+        return {"ran": list(ran), "later": world.node_state("n1")}
+
+    result = run_simulation(0, scenario, profile=profile, keep_trace=True)
+    assert result.value == {"ran": ["before"], "later": "running"}
+    assert result.sometimes == {"crash_point:journal.after_commit": 1}
+    assert result.trace_lines is not None
+    kinds = [line.split(" ", 3)[1:3] for line in result.trace_lines]
+    crash = kinds.index(["n1", "crash_point"])
+    assert kinds[crash + 2] == ["n1", "node.crash"]
+    assert ["n1", "node.start"] in kinds[crash:]
+
+
+def test_the_hooks_are_removed_after_a_run() -> None:
+    run_simulation(0, ledger_under_profile(tokens=2, safety_s=1))
+    assert crashpoints._crash_hook is None
+    assert crashpoints._step_hook is None
+
+
+@pytest.mark.parametrize("point", ["journal.after_commit", "host.after_lease"])
+def test_a_ledger_survives_crashes_at_a_crash_point(point: str) -> None:
+    profile = FaultProfile(
+        crash_points={point: 0.2},
+        config={"idle_timeout_s": 1.0, "lease_ttl_s": 3.0, "lease_renew_interval_s": 1.0},
+    )
+    hits = 0
+    for seed in range(3):
+        result = run_simulation(seed, ledger_under_profile(tokens=20), profile=profile)
+        hits += result.value["sometimes"].get(f"crash_point:{point}", 0)
+    assert hits > 0
+
+
+def test_a_ledger_survives_crashes_in_the_middle_of_a_passivation() -> None:
+    """Short idle timeouts passivate the ledgers between tokens: a crash between the final
+    snapshot and the lease release leaves the lease to expire; the next owner takes over."""
+    profile = FaultProfile(
+        crash_points={"host.mid_passivation": 0.5},
+        config={"idle_timeout_s": 0.2, "lease_ttl_s": 2.0, "lease_renew_interval_s": 0.5},
+    )
+    hits = 0
+    for seed in range(3):
+        result = run_simulation(
+            seed, ledger_under_profile(tokens=20, nodes=("a", "b")), profile=profile
+        )
+        hits += result.value["sometimes"].get("crash_point:host.mid_passivation", 0)
+    assert hits > 0
+
+
+def test_a_step_whose_node_crashes_after_its_effect_is_retried_under_the_same_key() -> None:
+    profile = FaultProfile(
+        crash_points={"step.after_effect": 0.3},
+        config={"lease_ttl_s": 3.0, "lease_renew_interval_s": 1.0},
+    )
+    retried = 0
+    for seed in range(3):
+        result = run_simulation(seed, workflows_under_profile(count=4), profile=profile)
+        sometimes = result.value["sometimes"]
+        retried += sometimes.get("step_retried_after_crash", 0)
+        # Each step's effect applied once, although some ran twice.
+        assert result.value["effects"] == 2 * 4
+    assert retried > 0
