@@ -44,8 +44,8 @@ def test_a_counter_a_histogram_and_a_gauge_render_exactly() -> None:
         "# TYPE demo_level gauge\n"
         'demo_level{pool="a"} 3.5\n'
         'demo_level{pool="b"} -1\n'
-        "# HELP demo_requests Requests\\nseen, by path \\\\ kind.\n"
-        "# TYPE demo_requests counter\n"
+        "# HELP demo_requests_total Requests\\nseen, by path \\\\ kind.\n"
+        "# TYPE demo_requests_total counter\n"
         'demo_requests_total{kind="x",path="/"} 1\n'
         'demo_requests_total{kind="x",path="a\\"b\\\\c\\nd"} 2\n'
     )

@@ -1,6 +1,7 @@
 """Render OpenTelemetry SDK metric data in the Prometheus text exposition format 0.0.4.
 
-Monotonic sums become counters (``<name>_total``), non-monotonic sums and gauges become gauges,
+Monotonic sums become counters named ``<name>_total`` (in their ``# HELP`` and ``# TYPE``
+lines too, as the 0.0.4 parsers expect), non-monotonic sums and gauges become gauges,
 explicit-bucket histograms become ``<name>_bucket{le=...}``, ``<name>_sum`` and
 ``<name>_count``. Exponential histograms have no 0.0.4 form and are left out.
 """
@@ -104,7 +105,7 @@ def _family(metric: Metric) -> tuple[str, str, list[str]] | None:
         name = base if base.endswith("_total") else f"{base}_total"
         for point in sorted(data.data_points, key=_sort_key):
             lines.append(f"{name}{_labels(point.attributes)} {format_value(point.value)}")
-        return base.removesuffix("_total"), "counter", lines
+        return name, "counter", lines
     if isinstance(data, Sum | Gauge):
         for point in sorted(data.data_points, key=_sort_key):
             lines.append(f"{base}{_labels(point.attributes)} {format_value(point.value)}")
