@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import orjson
 import pytest
+from yarl import URL
 
 from mainspring import NodeConfig
 from mainspring.gateway import Gateway
@@ -203,3 +205,30 @@ async def test_constructor_and_start_validate_their_arguments() -> None:
     with pytest.raises(UsageError):
         await gateway.start("127.0.0.1", 70000)
     await gateway.stop()
+
+
+async def test_a_stalled_body_is_408() -> None:
+    """A client that announces a body and stalls gets 408 within the request timeout, with
+    ``Connection: close``."""
+    async with serve(MemoryStore(), request_timeout_s=0.3) as served:
+        url = URL(served.url)
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        try:
+            writer.write(
+                b"POST /v1/workflows/gw.plain HTTP/1.1\r\nHost: x\r\n"
+                b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                b'Content-Length: 100\r\n\r\n{"id": '
+            )
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+            assert head.startswith(b"HTTP/1.1 408"), head
+            assert b"connection: close" in head.lower(), head
+            (length,) = [
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ]
+            body = await asyncio.wait_for(reader.readexactly(length), 20)
+        finally:
+            writer.close()
+        assert error_of(orjson.loads(body))["code"] == "body_timeout"

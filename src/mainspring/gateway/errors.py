@@ -40,6 +40,7 @@ ERROR_CODES: Final[Mapping[str, int]] = {
     "unknown_actor_type": 404,
     "unknown_query": 404,
     "method_not_allowed": 405,
+    "body_timeout": 408,
     "conflict": 409,
     "workflow_closed": 409,
     "body_too_large": 413,

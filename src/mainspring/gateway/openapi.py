@@ -17,6 +17,7 @@ _ERROR_DESCRIPTIONS: Final = {
     401: "Missing or wrong bearer token.",
     404: "Unknown workflow, workflow type, actor type, query or route.",
     405: "The route does not take this method.",
+    408: "The request body did not arrive within the request timeout.",
     409: "Conflict: another input for this id, or the workflow is closed or not in a state "
     "that allows this.",
     413: "The body is larger than the gateway accepts.",

@@ -25,7 +25,7 @@ LIMIT_MAX: Final = 1000
 
 _WORKFLOW_ID = "The workflow id (percent-encode '/' and other reserved characters)."
 _ERRORS_READ = (401, 404, 422, 429, 503, 504)
-_ERRORS_WRITE = (400, 401, 404, 409, 413, 422, 429, 503, 504)
+_ERRORS_WRITE = (400, 401, 404, 408, 409, 413, 422, 429, 503, 504)
 
 
 def _control(action: str, summary: str, handler: Handler, description: str) -> Route:

@@ -124,10 +124,26 @@ class Gateway:
             params = parse_query(route.query, request.query)
             body = None
             if route.body is not None:
-                body = parse_body(route.body, await request.read())
+                body = parse_body(route.body, await self._read_body(request))
             return await handler(self.handlers, Call(request, route, params, body))
 
         return endpoint
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body, read within ``request_timeout_s`` (a client that stalls mid-body must not
+        hold a handler forever)."""
+        limit_s = self.handlers.request_timeout_s
+        try:
+            async with asyncio.timeout(limit_s):
+                return await request.read()
+        except TimeoutError:
+            raise ApiError(
+                408,
+                "body_timeout",
+                f"the request body did not arrive within {limit_s:g} s; send it at once",
+                None,
+                {"Connection": "close"},
+            ) from None
 
     @web.middleware
     async def _middleware(
