@@ -337,44 +337,38 @@ class Handlers:
         )
         return _json({"id": workflow_id, "query": name, "result": self.unstructure(answer)})
 
-    def control(self, action: str) -> Callable[[Call], Awaitable[web.StreamResponse]]:
-        """The handler of ``POST /v1/workflows/{id}/<action>``."""
-        operations = self.node.workflows
-        operation: Callable[[str, str], Awaitable[WorkflowDescription]] = {
-            "cancel": operations.cancel,
-            "terminate": operations.terminate,
-            "pause": operations.pause,
-            "resume": operations.resume,
-            "retry": operations.retry,
-        }[action]
-
-        async def handle(call: Call) -> web.StreamResponse:
-            workflow_id = self._id(call)
-            reason: str = call.body["reason"]
-            description = await self._bounded(operation(workflow_id, reason), f"{action} it")
-            return _json(self.workflow_body(description, encoded=True))
-
-        return handle
+    async def _control(
+        self,
+        call: Call,
+        action: str,
+        operation: Callable[[str, str], Awaitable[WorkflowDescription]],
+    ) -> web.StreamResponse:
+        """Record an operator action; answer the workflow as it is then."""
+        workflow_id = self._id(call)
+        reason: str = call.body["reason"]
+        description = await self._bounded(operation(workflow_id, reason), f"{action} it")
+        assert description.workflow_id == workflow_id, (description, workflow_id)
+        return _json(self.workflow_body(description, encoded=True))
 
     async def cancel_workflow(self, call: Call) -> web.StreamResponse:
         """``POST /v1/workflows/{id}/cancel``."""
-        return await self.control("cancel")(call)
+        return await self._control(call, "cancel", self.node.workflows.cancel)
 
     async def terminate_workflow(self, call: Call) -> web.StreamResponse:
         """``POST /v1/workflows/{id}/terminate``."""
-        return await self.control("terminate")(call)
+        return await self._control(call, "terminate", self.node.workflows.terminate)
 
     async def pause_workflow(self, call: Call) -> web.StreamResponse:
         """``POST /v1/workflows/{id}/pause``."""
-        return await self.control("pause")(call)
+        return await self._control(call, "pause", self.node.workflows.pause)
 
     async def resume_workflow(self, call: Call) -> web.StreamResponse:
         """``POST /v1/workflows/{id}/resume``."""
-        return await self.control("resume")(call)
+        return await self._control(call, "resume", self.node.workflows.resume)
 
     async def retry_workflow(self, call: Call) -> web.StreamResponse:
         """``POST /v1/workflows/{id}/retry``."""
-        return await self.control("retry")(call)
+        return await self._control(call, "retry", self.node.workflows.retry)
 
     async def workflow_history(self, call: Call) -> web.StreamResponse:
         """``GET /v1/workflows/{id}/history?after=&limit=``: the stored events, paginated."""
