@@ -22,6 +22,7 @@ them all off for the liveness phase.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import Any, Final, Generic, TypeVar, cast, final
@@ -51,7 +52,14 @@ from mainspring.simulations.profile import FaultProfile
 from mainspring.simulations.seeds import substream
 from mainspring.simulations.tripwires import tripwires
 
-__all__ = ["InjectedStepError", "NodeDown", "SimulationResult", "World", "run_simulation"]
+__all__ = [
+    "FailureReport",
+    "InjectedStepError",
+    "NodeDown",
+    "SimulationResult",
+    "World",
+    "run_simulation",
+]
 
 T = TypeVar("T")
 
@@ -842,6 +850,53 @@ async def _then_hang(work: Awaitable[Any], hang_s: float) -> Any:
     return value
 
 
+_NOTE_TRACE_LINES: Final = 40
+
+
+@attrs.frozen
+class FailureReport:
+    """What a failed run leaves on its exception (``error.simulation``).
+
+    Attributes:
+        seed: the run seed.
+        profile: the run's fault profile.
+        virtual_s: the virtual time of the failure.
+        trace_tail: the last trace lines.
+        trace_lines: every trace line, when the run kept them.
+        sometimes: the ``world.sometimes`` counts so far.
+    """
+
+    seed: int
+    profile: FaultProfile
+    virtual_s: float
+    trace_tail: tuple[str, ...]
+    trace_lines: tuple[str, ...] | None
+    sometimes: dict[str, int]
+
+
+def _annotate(
+    error: Exception, seed: int, profile: FaultProfile, loop: SimLoop, world: World
+) -> None:
+    """Attach the run's seed, profile and trace to ``error`` (``error.simulation`` and a note
+    that pytest prints with the traceback)."""
+    lines = loop.trace_lines()
+    report = FailureReport(
+        seed=seed,
+        profile=profile,
+        virtual_s=loop.time(),
+        trace_tail=tuple(loop.trace_tail()),
+        trace_lines=None if lines is None else tuple(lines),
+        sometimes=world.sometimes_counts,
+    )
+    with contextlib.suppress(AttributeError):  # a type with slots: the note says it all
+        error.simulation = report  # type: ignore[attr-defined]
+    tail = "\n  ".join(report.trace_tail[-_NOTE_TRACE_LINES:])
+    error.add_note(
+        f"simulation seed={seed} at t={report.virtual_s:.6f}s; {profile.describe()}\n"
+        f"last trace lines:\n  {tail}"
+    )
+
+
 def run_simulation(
     seed: int,
     scenario: Callable[[World], Awaitable[T]],
@@ -904,10 +959,14 @@ def run_simulation(
 
     restore = crashpoints.install(world._crash_hook, world._step_hook)
     try:
-        with tripwires(loop, enabled=tripwire):
-            value = loop.run_until_complete(loop.create_task(main(), name="scenario"))
-        if loop.escapes:
-            raise loop.escapes[0]
+        try:
+            with tripwires(loop, enabled=tripwire):
+                value = loop.run_until_complete(loop.create_task(main(), name="scenario"))
+            if loop.escapes:
+                raise loop.escapes[0]
+        except Exception as error:
+            _annotate(error, seed, profile, loop, world)
+            raise
         lines = loop.trace_lines()
         return SimulationResult(
             seed=seed,
