@@ -12,6 +12,7 @@ Examples::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -285,6 +286,13 @@ def _check_determinism(
     help="Seed budget of each broken variant.",
 )
 @click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error", "critical"]),
+    default="critical",
+    show_default=True,
+    help="Log level of the simulated nodes (their injected failures are logged as errors).",
+)
+@click.option(
     "--check-determinism", is_flag=True, help="Run each seed twice and compare the trace digests."
 )
 def simulate(
@@ -301,6 +309,7 @@ def simulate(
     regressions: Path | None,
     self_check: bool,
     self_check_seeds: int,
+    log_level: str,
     check_determinism: bool,
 ) -> None:
     """Run simulation scenarios (MODULE:SCENARIO) over seeds; exit 1 when a seed fails.
@@ -318,6 +327,7 @@ def simulate(
     if (do_shrink or check_determinism) and not targets:
         raise click.UsageError("--shrink and --check-determinism need a MODULE:SCENARIO")
     profile = _load_profile(profile_text) if profile_text is not None else None
+    logging.getLogger("mainspring").setLevel(log_level.upper())
     ok = True
     if check_determinism:
         seed_list = [seed] if seed is not None else list(range(start, start + (seeds or 1)))
