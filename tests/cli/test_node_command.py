@@ -18,6 +18,7 @@ import pytest
 from mainspring.cli.node import default_node_id
 from mainspring.persistence.sqlite import SqliteStore
 from tests.cli.conftest import NodeProcess, free_port, run_cli
+from tests.conftest import POSTGRES_DSN, drop_postgres_schema, require_postgres
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -178,3 +179,31 @@ def test_an_unopenable_sqlite_file_exits_non_zero_with_one_line(tmp_path: Path) 
         run_cli(["node", "--app", APP, "--store", f"sqlite:///{missing}"], cwd=tmp_path)
     )
     assert "does not exist: create it first" in line, line
+
+
+@pytest.mark.postgres
+async def test_sigterm_releases_the_leases_on_postgres(
+    node_process: type[NodeProcess], postgres_schema: str
+) -> None:
+    """Goal: a node on PostgreSQL (with ?schema=) stops cleanly and releases its leases.
+    Method: start it in a fresh schema, SIGTERM it, read the schema's stream heads."""
+    await require_postgres()
+    from mainspring.persistence.postgres import PostgresStore
+
+    try:
+        node = node_process(
+            ["--app", APP, "--store", f"{POSTGRES_DSN}?schema={postgres_schema}",
+             "--listen", "127.0.0.1:0", "--node-id", "pg-1"]
+        )  # fmt: skip
+        node.start()
+        assert await asyncio.to_thread(node.terminate) == 0, node.stderr()
+        store = PostgresStore(POSTGRES_DSN, schema=postgres_schema)
+        await store.open()
+        try:
+            heads = await store.list_streams()
+        finally:
+            await store.close()
+        assert {head.stream_id for head in heads} >= {"example.inventory/sku-1"}
+        assert [head.stream_id for head in heads if head.owner is not None] == []
+    finally:
+        await drop_postgres_schema(postgres_schema)
