@@ -244,7 +244,9 @@ class Node:
             await asyncio.sleep(self.config.workflow_recovery_interval_s)
 
     async def _count_workflows(self, interval_s: float) -> None:
-        """Keep ``mainspring_workflows`` (counts by status from the instance index) fresh."""
+        """Keep ``mainspring_workflows`` (counts by status from the instance index) fresh, from
+        the first time the metrics are read on (a node nobody watches never counts)."""
+        await self.telemetry.wait_until_read()
         while True:
             try:
                 await self.telemetry.refresh_workflow_counts()

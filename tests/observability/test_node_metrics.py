@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from mainspring.persistence.sqlite import SqliteStore
 from tests.observability import workload
 from tests.observability.support import Samples, total
 from tests.observability.traffic import check_every_family, make_node, queue_and_fence, samples_of
+from tests.support.waiting import eventually
 
 
 async def test_traffic_on_a_node_shows_in_every_family(tmp_path: Path) -> None:
@@ -69,3 +71,19 @@ async def test_runs_that_continue_as_new_count_as_started_and_ended(tmp_path: Pa
     ended = "mainspring_workflow_completions_total"
     assert total(samples, ended, status="continued-as-new", **rounds) == 2
     assert total(samples, ended, status="completed", **rounds) == 1
+
+
+async def test_workflows_are_counted_only_once_someone_reads_the_metrics(tmp_path: Path) -> None:
+    telemetry = Telemetry(workflow_counts_interval_s=0.01)
+    async with make_node(str(tmp_path / "c.db"), telemetry) as node:
+        await node.workflows.start(workload.waiting, "w-1", None)
+        await asyncio.sleep(0.1)  # ten intervals, and nobody read the metrics
+        first = samples_of(node)
+        assert not any(name == "mainspring_workflows" for name, _ in first)
+
+        async def counted() -> bool:
+            samples = samples_of(node)
+            key = ("mainspring_workflows", frozenset({("status", "waiting")}))
+            return samples.get(key) == 1
+
+        await eventually(counted, what="the counts after the first read")

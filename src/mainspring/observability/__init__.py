@@ -13,6 +13,7 @@ are collected on demand (``prometheus_text``), and times come from the node's cl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -89,7 +90,8 @@ class Telemetry:
             not for the simulator). ``prometheus_text`` works with or without them.
         resource: the OpenTelemetry resource of the metrics (service name and so on).
         workflow_counts_interval_s: how often the node counts its workflows by status in the
-            instance index for ``mainspring_workflows`` (None: never).
+            instance index for ``mainspring_workflows``, from the first time its metrics are
+            read on (None: never). A node whose metrics nobody reads never counts.
     """
 
     def __init__(
@@ -134,6 +136,10 @@ class Telemetry:
         """This node's metrics, aggregated by the OpenTelemetry SDK."""
         self._node: Node | None = None
         self._workflow_counts: dict[str, int] | None = None
+        self._read = False
+        """Whether the metrics were collected once (by any reader, on any thread)."""
+        self._read_event: asyncio.Event | None = None
+        self._read_loop: asyncio.AbstractEventLoop | None = None
         self._create_instruments()
 
     # Instruments ---------------------------------------------------------------------------------
@@ -292,6 +298,8 @@ class Telemetry:
         )
 
     def _observe_workflows(self, options: CallbackOptions) -> Iterable[Observation]:
+        if not self._read:
+            self._mark_read()
         counts = self._workflow_counts
         if counts is None:
             return ()
@@ -328,6 +336,37 @@ class Telemetry:
         if self._node is None:
             return ()
         return (Observation(self._node.scan_statistics.timer_lag_ms / 1000),)
+
+    def _mark_read(self) -> None:
+        """The metrics are being collected: wake ``wait_until_read`` (from any thread)."""
+        self._read = True
+        event, loop = self._read_event, self._read_loop
+        if event is None or loop is None:
+            return  # wait_until_read looks at the flag again after it made its event
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            event.set()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(event.set)
+
+    async def wait_until_read(self) -> None:
+        """Return once the metrics were collected for the first time (a scrape of
+        ``/metrics``, ``prometheus_text()``, or any other reader's collection), without waking
+        up before: a node nobody watches does no metrics work on its own."""
+        if self.was_read():
+            return
+        self._read_loop = asyncio.get_running_loop()
+        self._read_event = asyncio.Event()
+        if self.was_read():  # a reader on another thread came in between
+            return
+        await self._read_event.wait()
+
+    def was_read(self) -> bool:
+        """Whether the metrics were collected at least once."""
+        return self._read
 
     async def refresh_workflow_counts(self) -> dict[str, int]:
         """Count the node's workflows by status (``WORKFLOW_GAUGE_STATUSES``) in the instance
