@@ -545,3 +545,60 @@ async def test_using_a_store_before_open_is_a_clear_error(store_factory: Any) ->
         store = MemoryStore()  # the factory shares one object, which another fixture opened
     with pytest.raises(UsageError, match="open"):
         await store.read_head("acct/a")
+
+
+# Cluster membership
+
+
+async def test_a_joining_member_gets_incarnation_one_then_one_more_per_rejoin(store: Any) -> None:
+    first = await store.join_member("node-1", "http://127.0.0.1:8001", NOW_MS)
+    assert (first.incarnation, first.state, first.heartbeat_at_ms) == (1, "up", NOW_MS)
+    await store.heartbeat_member("node-1", 1, NOW_MS + 5, "left")
+    again = await store.join_member("node-1", "http://127.0.0.1:9001", NOW_MS + 10)
+    assert (again.incarnation, again.state, again.address) == (2, "up", "http://127.0.0.1:9001")
+    assert await store.list_members() == [again]
+
+
+async def test_concurrent_joins_under_one_id_get_distinct_incarnations(
+    store_factory: Any,
+) -> None:
+    stores = [store_factory() for _ in range(3)]
+    for one in stores:
+        await one.open()
+    joined = await asyncio.gather(
+        *(one.join_member("node-1", f"http://n{i}", NOW_MS) for i, one in enumerate(stores))
+    )
+    assert sorted(member.incarnation for member in joined) == [1, 2, 3]
+    [row] = await stores[0].list_members()
+    assert row.incarnation == 3
+
+
+async def test_a_heartbeat_of_an_old_incarnation_changes_nothing(store: Any) -> None:
+    await store.join_member("node-1", "http://a", NOW_MS)
+    newer = await store.join_member("node-1", "http://b", NOW_MS + 1)
+    assert not await store.heartbeat_member("node-1", 1, NOW_MS + 50)
+    assert not await store.heartbeat_member("node-1", 1, NOW_MS + 50, "left")
+    assert not await store.heartbeat_member("node-2", 1, NOW_MS + 50)
+    assert await store.list_members() == [newer]
+
+
+async def test_heartbeats_advance_time_and_state_but_never_back(store: Any) -> None:
+    await store.join_member("node-2", "http://b", NOW_MS)
+    await store.join_member("node-1", "http://a", NOW_MS)
+    assert await store.heartbeat_member("node-1", 1, NOW_MS + 100)
+    assert await store.heartbeat_member("node-1", 1, NOW_MS + 50)  # an older clock reading
+    [one, two] = await store.list_members()
+    assert (one.node_id, one.heartbeat_at_ms, one.state) == ("node-1", NOW_MS + 100, "up")
+    assert two.node_id == "node-2"
+    assert await store.heartbeat_member("node-1", 1, NOW_MS + 200, "leaving")
+    assert not await store.heartbeat_member("node-1", 1, NOW_MS + 300, "up")
+    assert await store.heartbeat_member("node-1", 1, NOW_MS + 400, "left")
+    assert not await store.heartbeat_member("node-1", 1, NOW_MS + 500, "leaving")
+    [one, _] = await store.list_members()
+    assert (one.state, one.heartbeat_at_ms) == ("left", NOW_MS + 400)
+
+
+async def test_a_heartbeat_with_an_unknown_state_is_refused(store: Any) -> None:
+    await store.join_member("node-1", "http://a", NOW_MS)
+    with pytest.raises(UsageError, match="member state"):
+        await store.heartbeat_member("node-1", 1, NOW_MS, "gone")

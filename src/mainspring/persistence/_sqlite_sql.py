@@ -23,6 +23,7 @@ import orjson
 
 from mainspring.errors import ConcurrencyConflict, Fenced, LeaseHeld
 from mainspring.persistence.store import (
+    MEMBER_STATES,
     SCHEMA_VERSION,
     AppendRequest,
     AppendResult,
@@ -30,6 +31,7 @@ from mainspring.persistence.store import (
     InstanceInfo,
     Lease,
     LeaseRecord,
+    Member,
     OutboxMessage,
     Snapshot,
     StoredEvent,
@@ -181,7 +183,22 @@ _SCHEMA_V1: Final = (
     ) STRICT, WITHOUT ROWID""",
 )
 
-MIGRATIONS: Final = (Migration(1, "create the initial schema", _SCHEMA_V1),)
+_SCHEMA_V2: Final = (
+    # One row per node id; incarnation rises at every (re)join of that id.
+    """CREATE TABLE members (
+        node_id TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        incarnation INTEGER NOT NULL CHECK (incarnation >= 1),
+        state TEXT NOT NULL CHECK (state IN ('up', 'leaving', 'left')),
+        heartbeat_ms INTEGER NOT NULL,
+        joined_ms INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID""",
+)
+
+MIGRATIONS: Final = (
+    Migration(1, "create the initial schema", _SCHEMA_V1),
+    Migration(2, "add the cluster membership table", _SCHEMA_V2),
+)
 """Every schema version in order; ``migrate_tx`` applies the ones a database lacks."""
 
 assert [migration.version for migration in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
@@ -842,3 +859,57 @@ def select_streams(conn: sqlite3.Connection) -> list[StreamHead]:
         FROM streams ORDER BY stream_id"""
     ).fetchall()
     return [StreamHead(*row) for row in rows]
+
+
+# Cluster membership
+
+_JOIN_MEMBER: Final = """
+INSERT INTO members (node_id, address, incarnation, state, heartbeat_ms, joined_ms)
+VALUES (:node_id, :address, 1, 'up', :now_ms, :now_ms)
+ON CONFLICT (node_id) DO UPDATE
+    SET address = :address, incarnation = incarnation + 1, state = 'up',
+        heartbeat_ms = :now_ms, joined_ms = :now_ms
+RETURNING incarnation"""
+
+_HEARTBEAT_MEMBER: Final = """
+UPDATE members SET heartbeat_ms = max(heartbeat_ms, :now_ms), state = :state
+WHERE node_id = :node_id AND incarnation = :incarnation
+    AND (CASE state WHEN 'up' THEN 0 WHEN 'leaving' THEN 1 ELSE 2 END) <= :rank"""
+
+
+def join_member_tx(conn: sqlite3.Connection, node_id: str, address: str, now_ms: int) -> Member:
+    """See ``Store.join_member``: one upsert takes the next incarnation."""
+    with immediate_transaction(conn):
+        [(incarnation,)] = conn.execute(
+            _JOIN_MEMBER, {"node_id": node_id, "address": address, "now_ms": now_ms}
+        ).fetchall()
+    assert incarnation >= 1, incarnation
+    return Member(node_id, address, incarnation, "up", now_ms, now_ms)
+
+
+def heartbeat_member_tx(
+    conn: sqlite3.Connection, node_id: str, incarnation: int, now_ms: int, state: str
+) -> bool:
+    """See ``Store.heartbeat_member``."""
+    with immediate_transaction(conn):
+        updated = conn.execute(
+            _HEARTBEAT_MEMBER,
+            {
+                "node_id": node_id,
+                "incarnation": incarnation,
+                "now_ms": now_ms,
+                "state": state,
+                "rank": MEMBER_STATES.index(state),
+            },
+        ).rowcount
+    assert updated in (0, 1), updated
+    return updated == 1
+
+
+def select_members(conn: sqlite3.Connection) -> list[Member]:
+    """See ``Store.list_members``."""
+    rows = conn.execute(
+        "SELECT node_id, address, incarnation, state, heartbeat_ms, joined_ms FROM members "
+        "ORDER BY node_id"
+    ).fetchall()
+    return [Member(*row) for row in rows]

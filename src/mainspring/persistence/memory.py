@@ -14,17 +14,20 @@ import attrs
 
 from mainspring.errors import ConcurrencyConflict, Fenced, LeaseHeld, UsageError
 from mainspring.persistence.store import (
+    MEMBER_STATES,
     AppendRequest,
     AppendResult,
     DedupeRecord,
     InstanceInfo,
     Lease,
     LeaseRecord,
+    Member,
     OutboxMessage,
     Snapshot,
     StoredEvent,
     StreamHead,
     Timer,
+    check_member_state,
     split_stream_id,
 )
 
@@ -51,6 +54,7 @@ class MemoryStore:
         self._outbox: dict[str, OutboxMessage] = {}
         self._timers: dict[tuple[str, str], Timer] = {}
         self._instances: dict[tuple[str, str], InstanceInfo] = {}
+        self._members: dict[str, Member] = {}
         self._opened = False
 
     async def open(self) -> None:
@@ -289,3 +293,41 @@ class MemoryStore:
             StreamHead(key, s.epoch, len(s.events), s.owner, s.lease_expires_at_ms)
             for key, s in sorted(self._streams.items())
         ]
+
+    async def join_member(self, node_id: str, address: str, now_ms: int) -> Member:
+        """See ``Store.join_member``."""
+        self._check_open()
+        previous = self._members.get(node_id)
+        member = Member(
+            node_id,
+            address,
+            1 if previous is None else previous.incarnation + 1,
+            "up",
+            now_ms,
+            now_ms,
+        )
+        self._members[node_id] = member
+        return member
+
+    async def heartbeat_member(
+        self, node_id: str, incarnation: int, now_ms: int, state: str = "up"
+    ) -> bool:
+        """See ``Store.heartbeat_member``."""
+        self._check_open()
+        rank = MEMBER_STATES.index(check_member_state(state))
+        member = self._members.get(node_id)
+        if (
+            member is None
+            or member.incarnation != incarnation
+            or MEMBER_STATES.index(member.state) > rank
+        ):
+            return False
+        self._members[node_id] = attrs.evolve(
+            member, state=state, heartbeat_at_ms=max(member.heartbeat_at_ms, now_ms)
+        )
+        return True
+
+    async def list_members(self) -> list[Member]:
+        """See ``Store.list_members``."""
+        self._check_open()
+        return [self._members[node_id] for node_id in sorted(self._members)]

@@ -32,6 +32,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from mainspring.errors import ConcurrencyConflict, Fenced, LeaseHeld, StoreUnavailable, UsageError
 from mainspring.persistence.store import (
+    MEMBER_STATES,
     SCHEMA_VERSION,
     AppendRequest,
     AppendResult,
@@ -39,11 +40,13 @@ from mainspring.persistence.store import (
     InstanceInfo,
     Lease,
     LeaseRecord,
+    Member,
     OutboxMessage,
     Snapshot,
     StoredEvent,
     StreamHead,
     Timer,
+    check_member_state,
     split_stream_id,
 )
 
@@ -51,7 +54,7 @@ __all__ = ["PostgresStore"]
 
 logger = logging.getLogger(__name__)
 
-_MIGRATIONS: Final = ((1, "0001_initial.sql"),)
+_MIGRATIONS: Final = ((1, "0001_initial.sql"), (2, "0002_members.sql"))
 """Every schema version with the file that creates it from the one before, oldest first."""
 assert [version for version, _ in _MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
 
@@ -636,6 +639,44 @@ class PostgresStore:
         )
         return [_stream_head(row) for row in rows]
 
+    # Cluster membership
+
+    async def join_member(self, node_id: str, address: str, now_ms: int) -> Member:
+        """See ``Store.join_member``."""
+        rows = await self._fetch(
+            "join_member", _JOIN_MEMBER_SQL, node_id, address, now_ms, writes=True
+        )
+        [(incarnation,)] = rows
+        assert incarnation >= 1, incarnation
+        return Member(node_id, address, incarnation, "up", now_ms, now_ms)
+
+    async def heartbeat_member(
+        self, node_id: str, incarnation: int, now_ms: int, state: str = "up"
+    ) -> bool:
+        """See ``Store.heartbeat_member``."""
+        check_member_state(state)
+        rows = await self._fetch(
+            "heartbeat_member",
+            _HEARTBEAT_MEMBER_SQL,
+            node_id,
+            incarnation,
+            now_ms,
+            state,
+            MEMBER_STATES.index(state),
+            writes=True,
+        )
+        assert len(rows) <= 1, rows
+        return bool(rows)
+
+    async def list_members(self) -> list[Member]:
+        """See ``Store.list_members``."""
+        rows = await self._fetch(
+            "list_members",
+            "SELECT node_id, address, incarnation, state, heartbeat_ms, joined_ms FROM members "
+            "ORDER BY node_id",
+        )
+        return [Member(*row) for row in rows]
+
     # Plumbing
 
     def _require_pool(self) -> asyncpg.Pool[asyncpg.Record]:
@@ -685,6 +726,21 @@ class PostgresStore:
         text = str(error) or repr(error)
         password = _dsn_password(self._dsn)
         return text.replace(password, "***") if password else text
+
+
+_JOIN_MEMBER_SQL: Final = """
+INSERT INTO members AS m (node_id, address, incarnation, state, heartbeat_ms, joined_ms)
+VALUES ($1, $2, 1, 'up', $3, $3)
+ON CONFLICT (node_id) DO UPDATE
+    SET address = $2, incarnation = m.incarnation + 1, state = 'up', heartbeat_ms = $3,
+        joined_ms = $3
+RETURNING incarnation"""
+
+_HEARTBEAT_MEMBER_SQL: Final = """
+UPDATE members SET heartbeat_ms = greatest(heartbeat_ms, $3), state = $4
+WHERE node_id = $1 AND incarnation = $2
+    AND (CASE state WHEN 'up' THEN 0 WHEN 'leaving' THEN 1 ELSE 2 END) <= $5
+RETURNING incarnation"""
 
 
 # Migrations

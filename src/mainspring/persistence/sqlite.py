@@ -27,11 +27,13 @@ from mainspring.persistence.store import (
     InstanceInfo,
     Lease,
     LeaseRecord,
+    Member,
     OutboxMessage,
     Snapshot,
     StoredEvent,
     StreamHead,
     Timer,
+    check_member_state,
     split_stream_id,
 )
 from mainspring.seams import Clock, SystemClock
@@ -482,6 +484,28 @@ class SqliteStore:
     async def list_streams(self) -> list[StreamHead]:
         """See ``Store.list_streams``."""
         return await self._read("list_streams", sql.select_streams)
+
+    # Cluster membership
+
+    async def join_member(self, node_id: str, address: str, now_ms: int) -> Member:
+        """See ``Store.join_member``."""
+        return await self._write(
+            "join_member", lambda conn: sql.join_member_tx(conn, node_id, address, now_ms)
+        )
+
+    async def heartbeat_member(
+        self, node_id: str, incarnation: int, now_ms: int, state: str = "up"
+    ) -> bool:
+        """See ``Store.heartbeat_member``."""
+        check_member_state(state)
+        return await self._write(
+            "heartbeat_member",
+            lambda conn: sql.heartbeat_member_tx(conn, node_id, incarnation, now_ms, state),
+        )
+
+    async def list_members(self) -> list[Member]:
+        """See ``Store.list_members``."""
+        return await self._read("list_members", sql.select_members)
 
 
 def _twice_named(requests: Sequence[AppendRequest]) -> str:

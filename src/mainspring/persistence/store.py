@@ -33,6 +33,8 @@ __all__ = [
     "InstanceInfo",
     "Lease",
     "LeaseRecord",
+    "MEMBER_STATES",
+    "Member",
     "NewEvent",
     "OutboxMessage",
     "Snapshot",
@@ -44,7 +46,7 @@ __all__ = [
     "stream_id_of",
 ]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """The schema version this code writes; stores migrate older schemas at ``open``."""
 
 
@@ -220,6 +222,40 @@ class AppendRequest:
         return self.expected_seq + len(self.events)
 
 
+MEMBER_STATES: Final = ("up", "leaving", "left")
+"""A member's states in the only order it moves through them (a new incarnation starts at
+``up`` again)."""
+
+
+@attrs.frozen
+class Member:
+    """A row of the cluster's membership table: one node, as it last reported itself.
+
+    ``incarnation`` rises by one every time the node (re)joins, so a heartbeat of an old process
+    with the same node id can never pass for the new one. ``heartbeat_at_ms`` is the wall time of
+    the member's own clock at its last heartbeat.
+    """
+
+    node_id: str
+    address: str
+    incarnation: int
+    state: str
+    heartbeat_at_ms: int
+    joined_at_ms: int
+
+
+def check_member_state(state: object) -> str:
+    """``state`` if it is one of ``MEMBER_STATES``.
+
+    Raises:
+        UsageError: any other value.
+    """
+    if state not in MEMBER_STATES:
+        raise UsageError(f"member state must be one of {MEMBER_STATES}, got {state!r}")
+    assert isinstance(state, str)
+    return state
+
+
 AppendResult = BaseException | None
 """Per request of ``append_batch``: None when committed, else the ``Fenced`` or
 ``ConcurrencyConflict`` that rejected it (nothing of that request was written)."""
@@ -338,4 +374,24 @@ class Store(Protocol):
 
     async def list_streams(self) -> list[StreamHead]:
         """Every stream's head, ordered by stream id (for checks and tooling)."""
+        ...
+
+    async def join_member(self, node_id: str, address: str, now_ms: int) -> Member:
+        """Register ``node_id`` as ``up`` at ``address`` under a new incarnation (one more than
+        the row's previous one, 1 for a new node), atomically; returns the row written."""
+        ...
+
+    async def heartbeat_member(
+        self, node_id: str, incarnation: int, now_ms: int, state: str = "up"
+    ) -> bool:
+        """Record a heartbeat of ``node_id`` at ``incarnation`` and move it to ``state``.
+
+        The heartbeat time never moves back, and the state only forward (``up`` -> ``leaving``
+        -> ``left``). Returns False, writing nothing, when the row has another incarnation (a
+        newer process joined under this id), does not exist, or is past ``state``.
+        """
+        ...
+
+    async def list_members(self) -> list[Member]:
+        """Every membership row, ordered by node id (departed members included)."""
         ...

@@ -28,6 +28,7 @@ from mainspring.persistence.store import (
     InstanceInfo,
     Lease,
     LeaseRecord,
+    Member,
     OutboxMessage,
     Snapshot,
     Store,
@@ -697,6 +698,31 @@ class FaultyStore:
         await self._delay()
         return await self.inner.list_streams()
 
+
+    # Cluster membership (faulted like any other write, delayed like any other read) ------------
+
+    async def join_member(self, node_id: str, address: str, now_ms: int) -> Member:
+        """See ``Store.join_member``."""
+        fault = await self._write_prologue("join_member")
+        member = await self.inner.join_member(node_id, address, now_ms)
+        if fault == "lost_ack":
+            raise self._lose_ack("join_member")
+        return member
+
+    async def heartbeat_member(
+        self, node_id: str, incarnation: int, now_ms: int, state: str = "up"
+    ) -> bool:
+        """See ``Store.heartbeat_member``."""
+        fault = await self._write_prologue("heartbeat_member")
+        recorded = await self.inner.heartbeat_member(node_id, incarnation, now_ms, state)
+        if fault == "lost_ack":
+            raise self._lose_ack("heartbeat_member")
+        return recorded
+
+    async def list_members(self) -> list[Member]:
+        """See ``Store.list_members``."""
+        await self._delay()
+        return await self.inner.list_members()
 
 def _is_a_store(store: FaultyStore) -> Store:
     """Never called: makes mypy prove that ``FaultyStore`` implements the ``Store`` protocol."""
