@@ -26,6 +26,7 @@ import attrs
 from mainspring.errors import UsageError
 
 __all__ = [
+    "MEMBER_STATES",
     "SCHEMA_VERSION",
     "AppendRequest",
     "AppendResult",
@@ -33,7 +34,6 @@ __all__ = [
     "InstanceInfo",
     "Lease",
     "LeaseRecord",
-    "MEMBER_STATES",
     "Member",
     "NewEvent",
     "OutboxMessage",
