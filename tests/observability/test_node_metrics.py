@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from mainspring import Node, UsageError, WorkflowError
 from mainspring.observability import Telemetry
+from mainspring.observability.prometheus import render
 from mainspring.persistence.sqlite import SqliteStore
 from tests.observability import workload
-from tests.observability.support import Samples, total
+from tests.observability.support import Samples, parse, total
 from tests.observability.traffic import check_every_family, make_node, queue_and_fence, samples_of
 from tests.support.waiting import eventually
 
@@ -87,3 +90,22 @@ async def test_workflows_are_counted_only_once_someone_reads_the_metrics(tmp_pat
             return samples.get(key) == 1
 
         await eventually(counted, what="the counts after the first read")
+
+
+async def test_an_extra_reader_on_another_thread_sees_the_same_metrics(tmp_path: Path) -> None:
+    extra = InMemoryMetricReader()
+    telemetry = Telemetry(metric_readers=[extra], workflow_counts_interval_s=0.01)
+    async with make_node(str(tmp_path / "x.db"), telemetry) as node:
+        await node.workflows.start(workload.waiting, "w-1", None)
+        collected: list[str] = []
+        reader = threading.Thread(target=lambda: collected.append(render(extra.get_metrics_data())))
+        reader.start()
+        await asyncio.to_thread(reader.join)
+        assert 'mainspring_workflow_starts_total{workflow_type="obs.waiting"} 1' in collected[0]
+
+        async def counted() -> bool:
+            key = ("mainspring_workflows", frozenset({("status", "waiting")}))
+            return parse(render(extra.get_metrics_data())).get(key) == 1
+
+        # The collection on the other thread started the counting on the node's loop.
+        await eventually(counted, what="the counts after a collection on another thread")
