@@ -189,7 +189,7 @@ class Telemetry:
         self._http_duration = meter.create_histogram(
             "mainspring_http_request_duration_seconds",
             "s",
-            "Time to answer an HTTP request, by route template and method.",
+            "Time to answer an HTTP request, by route template, method and status.",
             explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS_S,
         )
         self._create_observed(meter)
@@ -448,8 +448,9 @@ class Telemetry:
             or duration_s < 0
         ):
             raise UsageError(f"duration_s must be a finite number >= 0, got {duration_s!r}")
-        self._http_requests.add(1, {"route": route, "method": method, "status": str(status)})
-        self._http_duration.record(duration_s, {"route": route, "method": method})
+        labels = {"route": route, "method": method, "status": str(status)}
+        self._http_requests.add(1, labels)
+        self._http_duration.record(duration_s, labels)
 
     # Export ---------------------------------------------------------------------------------------
 
