@@ -27,6 +27,7 @@ WORKFLOWS = [
     workload.parent,
     workload.child,
     workload.rounds,
+    workload.waiting,
 ]
 
 
@@ -186,3 +187,25 @@ async def test_runs_that_continue_as_new_stay_in_the_trace(tmp_path: Path) -> No
     for span in shouts:
         assert span.parent is not None
         assert span.parent.span_id == subscribe.get_span_context().span_id
+
+
+async def test_a_signal_is_handled_in_the_signallers_trace(tmp_path: Path) -> None:
+    provider, exporter = _traced()
+    tracer = provider.get_tracer("client")
+    async with _node(tmp_path / "signal.db", provider) as node:
+        with tracer.start_as_current_span("subscribe") as subscribe:
+            handle = await node.workflows.start(workload.waiting, "w-1", None)
+        with tracer.start_as_current_span("confirm") as confirm:
+            await node.workflows.signal("w-1", "go", "yes")
+        assert await handle.result(timeout_s=20) == "yes"
+    handled = [
+        span
+        for span in _named(exporter, "mainspring.actor.handle")
+        if span.parent is not None
+        and span.parent.span_id
+        in {subscribe.get_span_context().span_id, confirm.get_span_context().span_id}
+    ]
+    assert {span.parent.span_id for span in handled if span.parent} == {
+        subscribe.get_span_context().span_id,
+        confirm.get_span_context().span_id,
+    }
