@@ -355,6 +355,24 @@ async def test_a_statement_the_server_rejects_is_unavailable_but_not_ambiguous(
 
 
 @pytest.mark.postgres
+async def test_append_values_the_columns_cannot_hold_are_usage_errors(
+    make_store: StoreMaker,
+) -> None:
+    """Integer columns travel as array text: a value out of range or not an int is refused as
+    the caller's mistake, and the batch writes nothing."""
+    store = make_store()
+    await store.open()
+    lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    with pytest.raises(UsageError, match="append_batch.*out of range"):
+        await store.append_batch([request("acct/a", lease.epoch, 0, dedupe_window=2**63)])
+    with pytest.raises(UsageError, match="append_batch takes ints"):
+        await store.append_batch([request("acct/a", lease.epoch, 0, dedupe_window=1.5)])
+    assert await store.read_events("acct/a") == []
+    assert await store.append_batch([request("acct/a", lease.epoch, 0)]) == [None]
+    assert [event.seq for event in await store.read_events("acct/a")] == [1]
+
+
+@pytest.mark.postgres
 async def test_a_write_cut_off_in_flight_is_ambiguous(
     make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
 ) -> None:
