@@ -1,0 +1,48 @@
+"""Runtime bugs the simulator found, each as a scripted reproduction.
+
+A test here is marked ``xfail(strict=True)`` while the bug is open: once the runtime is fixed it
+passes, the strict mark turns that into a failure, and the mark must go.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import attrs
+import pytest
+
+import mainspring
+from mainspring import WorkflowContext
+from mainspring.simulations import SimulationStuck, World, run_simulation
+from tests.simulation.scenarios import SIM_CONFIG
+
+POLLING = attrs.evolve(SIM_CONFIG, timer_poll_interval_s=0.5)
+
+
+@mainspring.workflow("sim.core.nap")
+async def nap(ctx: WorkflowContext, _: None) -> str:
+    await ctx.sleep(timedelta(seconds=10))
+    return "rested"
+
+
+@pytest.mark.xfail(
+    raises=SimulationStuck,
+    strict=True,
+    reason=(
+        "TimerScanner.run (actors/scans.py) rescans at once after firing due reminders, even when "
+        "every delivery was deferred (LeaseHeld: another node owns the actor): a node whose "
+        "clock is ahead of the owner's spins on the store until the owner's clock reaches the "
+        "deadline (a busy loop in production; virtual time never advances in the simulator)"
+    ),
+)
+def test_a_reminder_due_on_a_node_that_does_not_own_its_actor_does_not_spin() -> None:
+    async def scenario(world: World) -> str:
+        store = world.sqlite_store()
+        await world.start_node("owner", [], store, config=POLLING, workflows=[nap])
+        # The other node's wall clock is half a second ahead: it sees the timer due first.
+        await world.start_node("ahead", [], store, config=POLLING, workflows=[nap], offset_ms=500)
+        await world.call("owner", lambda node: node.workflows.start(nap, "nap-1", None))
+        result: str = await world.call("owner", lambda node: node.workflows.result("nap-1"))
+        return result
+
+    assert run_simulation(0, scenario, max_steps=50_000).value == "rested"
