@@ -154,3 +154,55 @@ async def test_a_stream_waits_for_its_own_commit_in_flight() -> None:
     await asyncio.gather(first, second)
     await journal.close()
     assert [e.seq for e in await store.read_events("s/0")] == [1, 2]
+
+
+async def test_appends_beyond_the_pending_bound_wait_in_order_for_room() -> None:
+    store = GatedStore()
+    await store.open()
+    epochs = await leased(store, 5)
+    journal = Journal(
+        store, SystemClock(), batch_requests_max=2, commits_in_flight_max=1, pending_requests_max=2
+    )
+    await journal.start()
+    appends = [
+        asyncio.ensure_future(journal.append(one_event(f"s/{n}", epochs[n], 0))) for n in range(5)
+    ]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert store.in_flight == [["s/0", "s/1"]]  # the other three wait for room, not in memory
+    appends[3].cancel()  # a waiter that gives up takes no room and keeps no one waiting
+    store.gate.set()
+    results = await asyncio.gather(*appends, return_exceptions=True)
+    await journal.close()
+    assert results[:3] == [None, None, None]
+    assert results[4] is None
+    assert isinstance(results[3], asyncio.CancelledError)
+    assert store.in_flight == []
+    assert journal.statistics.requests == 4
+    assert [n for n in range(5) if await store.read_events(f"s/{n}")] == [0, 1, 2, 4]
+
+
+async def test_submit_tells_each_request_its_outcome_even_when_a_completion_fails() -> None:
+    store = MemoryStore()
+    await store.open()
+    epochs = await leased(store, 3)
+    journal = Journal(store, SystemClock())
+    await journal.start()
+    told: list[tuple[str, object]] = []
+
+    def completion(stream_id: str) -> Any:
+        def tell(failure: BaseException | None) -> None:
+            told.append((stream_id, type(failure)))
+            if stream_id == "s/0":
+                raise RuntimeError("a broken completion")
+
+        return tell
+
+    await journal.submit(one_event("s/0", epochs[0], 0), completion("s/0"))
+    await journal.submit(one_event("s/1", epochs[1], 7), completion("s/1"))
+    await journal.submit(one_event("s/2", epochs[2], 0), completion("s/2"))
+    assert told == []  # nothing is decided before the commit
+    await journal.close()
+    assert told == [("s/0", type(None)), ("s/1", ConcurrencyConflict), ("s/2", type(None))]
+    with pytest.raises(NodeClosed):
+        await journal.submit(one_event("s/2", epochs[2], 1), completion("s/2"))

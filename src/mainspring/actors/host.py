@@ -189,6 +189,11 @@ class Activation:
         self.dedupe: Final[OrderedDict[str, bytes]] = OrderedDict()
         self.passivate_requested = False
         self.busy = False
+        self.committing = False
+        """A batch is in the journal: its completion applies it and replies (``_commit_batch``)."""
+        self.commit_failed = False
+        """The journal rejected or failed a batch: this activation was dropped."""
+        self._commit_outcome: asyncio.Future[bool] | None = None
         self.hydrated = False
         self._outbox_counter = 0
         self.task: asyncio.Task[None] | None = None
@@ -284,11 +289,20 @@ class Activation:
         idle = _IdleWait(self.wakeup, host.config.idle_timeout_s)
         try:
             while True:
-                if not self.mailbox:
-                    if self.passivate_requested or host.closing:
+                if self.commit_failed:
+                    return  # dropped by the commit's completion (the finally below deactivates)
+                if self.committing or not self.mailbox:
+                    # While a batch commits, the loop waits: its completion wakes it only when
+                    # there is something to do, so a commit costs this task no wake-up of its own.
+                    if not self.committing and (self.passivate_requested or host.closing):
                         break
                     self.wakeup.clear()
-                    if not await idle.wait() and not self.mailbox and not self.actor.keep_alive():
+                    if (
+                        not await idle.wait()
+                        and not self.committing
+                        and not self.mailbox
+                        and not self.actor.keep_alive()
+                    ):
                         break
                     continue
                 batch = [
@@ -302,7 +316,7 @@ class Activation:
                     else:
                         healthy = await self._handle_batch_traced(host.tracer, batch)
                 finally:
-                    self.busy = False
+                    self.busy = self.committing
                 host.touch(self)
                 if not healthy:
                     # The store rejected or lost our write: our view of the stream is not to be
@@ -357,6 +371,9 @@ class Activation:
             span.set_attribute("mainspring.stream_id", self.stream_id)
             span.set_attribute("mainspring.messages", len(batch))
             healthy = await self._handle_batch(batch)
+            if healthy and self.committing:  # the span covers the commit too
+                self._commit_outcome = asyncio.get_running_loop().create_future()
+                healthy = await self._commit_outcome
             if not healthy:
                 span.set_status(StatusCode.ERROR, "the commit failed; the actor is dropped")
             return healthy
@@ -516,16 +533,63 @@ class Activation:
         if host.reply_before_commit:  # broken on purpose (mainspring.simulations.selfcheck)
             for envelope, reply, error in outcomes:
                 _settle(envelope, result=reply, error=error)
+
+        def committed(failure: BaseException | None) -> None:
+            # Called by the journal once the batch is decided, in its commit task: the state
+            # moves on and the replies go out right there, without waking this actor's task.
+            assert self.committing
+            self.committing = False
+            self.busy = False
+            try:
+                if failure is None:
+                    self._apply_commit(
+                        request, working, new_seq, snapshot, status, dedupe, outcomes, callbacks
+                    )
+                    if outbox:
+                        host.on_outbox_written()
+                    if timers_set:
+                        host.on_timers_set(min(timer.due_at_ms for timer in timers_set.values()))
+            except Exception as error:
+                log.exception("CommitCompletionFailed", extra={"stream_id": self.stream_id})
+                failure = error
+            if failure is not None:
+                if isinstance(failure, Fenced | ConcurrencyConflict):
+                    host.statistics.fenced += 1
+                for envelope, _, _ in outcomes:
+                    _settle(envelope, error=failure)
+                # Our view of the stream is not to be trusted: leave without releasing the
+                # lease; queued messages start afresh in a new activation.
+                self.commit_failed = True
+                host.forget(self)
+                host.redeliver(self)
+            outcome, self._commit_outcome = self._commit_outcome, None
+            if outcome is not None and not outcome.done():
+                outcome.set_result(failure is None)
+            if self.commit_failed or self.mailbox or self.passivate_requested or host.closing:
+                self.wakeup.set()
+
         try:
-            # The journal directly rather than through _commit: one coroutine fewer per batch.
-            await host.journal.append(request)
-        except (Fenced, ConcurrencyConflict, StoreUnavailable, NodeClosed) as failure:
-            if isinstance(failure, Fenced | ConcurrencyConflict):
-                host.statistics.fenced += 1
+            await host.journal.submit(request, committed)
+        except NodeClosed as failure:
             for envelope, _, _ in outcomes:
                 _settle(envelope, error=failure)
             return False
-        assert request.new_head_seq == self.seq + len(request.events)
+        self.committing = True
+        return True
+
+    def _apply_commit(
+        self,
+        request: AppendRequest,
+        working: Any,
+        new_seq: int,
+        snapshot: Snapshot | None,
+        status: str | None,
+        dedupe: list[DedupeRecord] | None,
+        outcomes: list[tuple[_Envelope, Any, BaseException | None]],
+        callbacks: list[Callable[[], None]] | None,
+    ) -> None:
+        """The batch of ``request`` committed: move the state on, then reply."""
+        assert request.new_head_seq == self.seq + len(request.events) == new_seq
         self.state = working
         self.seq = new_seq
         self.status = status
@@ -540,11 +604,6 @@ class Activation:
             _settle(envelope, result=reply, error=error)
         if callbacks:
             self._run_callbacks(callbacks)
-        if outbox:
-            host.on_outbox_written()
-        if timers_set:
-            host.on_timers_set(min(timer.due_at_ms for timer in timers_set.values()))
-        return True
 
 
 @final
@@ -645,7 +704,8 @@ class ActorHost:
         activation.mailbox.append(
             _Envelope(message, message_id, future, function, self.clock.monotonic_s(), sender)
         )
-        activation.wakeup.set()
+        if not activation.committing:  # else the commit's completion wakes it
+            activation.wakeup.set()
         self.live.move_to_end(stream_id)
         return future
 

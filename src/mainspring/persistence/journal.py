@@ -13,9 +13,10 @@ the next messages of the actors whose commit just finished, instead of waiting i
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final, final
 
 import attrs
@@ -27,7 +28,7 @@ from mainspring.errors import Fenced, NodeClosed, StoreUnavailable, UsageError
 from mainspring.persistence.store import AppendRequest, Store
 from mainspring.seams import Clock
 
-__all__ = ["Journal", "JournalStatistics"]
+__all__ = ["Completion", "Journal", "JournalStatistics"]
 
 log: Final = logging.getLogger(__name__)
 
@@ -49,9 +50,24 @@ class JournalStatistics:
     commit_seconds_total: float = 0.0
 
 
-_Pending = tuple[AppendRequest, "asyncio.Future[None]"]
-"""A request waiting for its commit, and the future its appender waits on. A plain tuple: one
-is made per append, and a class instance would cost several times as much."""
+Completion = Callable[[BaseException | None], None]
+"""Told a request's outcome once its batch is decided: None when it committed, else the error
+that rejected it (``Fenced``, ``ConcurrencyConflict``) or failed its batch
+(``StoreUnavailable``)."""
+
+_Pending = tuple[AppendRequest, Completion]
+"""A request waiting for its commit, and what to tell when it is decided. A plain tuple: one is
+made per append, and a class instance would cost several times as much."""
+
+
+def _resolve(done: asyncio.Future[None], failure: BaseException | None) -> None:
+    """The completion of an ``append``: settle the future its caller waits on."""
+    if done.done():  # the caller was cancelled; the outcome stands regardless
+        return
+    if failure is None:
+        done.set_result(None)
+    else:
+        done.set_exception(failure)
 
 
 @final
@@ -130,21 +146,33 @@ class Journal:
             StoreUnavailable: the batch failed (``ambiguous`` when it may have committed).
             NodeClosed: the journal is closing.
         """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self.submit(request, functools.partial(_resolve, done))
+        await done
+
+    async def submit(self, request: AppendRequest, completion: Completion) -> None:
+        """Queue ``request`` for the next group commit without waiting for it: ``completion``
+        is called with its outcome (see ``Completion``) from the journal's commit task, after
+        the transaction is decided. It must not block; an exception it raises is logged.
+
+        This waits only while ``pending_requests_max`` requests are already pending.
+
+        Raises:
+            NodeClosed: the journal is closing (``completion`` is not called).
+        """
         if self._closing:
             raise NodeClosed("the journal is closing and accepts no more appends")
         if self._room <= 0 or self._room_waiters:
             await self._wait_for_room()  # returns holding a place
         else:
             self._room -= 1
-        try:
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._pending.append((request, done))
-            self._wakeup.set()
-            await done
-        finally:
-            self._room += 1
-            if self._room_waiters:
-                self._wake_room_waiter()
+        self._pending.append((request, completion))
+        self._wakeup.set()
+
+    def _give_back_room(self, count: int = 1) -> None:
+        self._room += count
+        if self._room_waiters:
+            self._wake_room_waiter()
 
     async def _wait_for_room(self) -> None:
         """Wait, in arrival order, until a place for a pending request is given to us."""
@@ -155,11 +183,13 @@ class Journal:
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 # Given a place, then cancelled before taking it: pass the place on.
-                self._room += 1
-                self._wake_room_waiter()
+                self._give_back_room()
             elif waiter in self._room_waiters:
                 self._room_waiters.remove(waiter)
             raise
+        if self._closing:  # it began while this one waited: the committer may be gone
+            self._give_back_room()
+            raise NodeClosed("the journal is closing and accepts no more appends")
 
     def _wake_room_waiter(self) -> None:
         """Give the free places to the oldest waiters still waiting."""
@@ -232,17 +262,13 @@ class Journal:
             results = await self._store.append_batch([request for request, _ in batch])
         except StoreUnavailable as error:
             self.statistics.failed_batches += 1
-            for _, done in batch:
-                if not done.done():
-                    done.set_exception(error)
+            self._complete(batch, [error] * len(batch))
             return
         except Exception as error:
             # Anything else is a bug in a store: fail the batch loudly rather than hang callers.
             log.exception("StoreAppendFailed", extra={"requests": len(batch)})
             failure = StoreUnavailable(f"the store failed an append batch: {error!r}")
-            for _, done in batch:
-                if not done.done():
-                    done.set_exception(failure)
+            self._complete(batch, [failure] * len(batch))
             return
         assert len(results) == len(batch), (len(results), len(batch))
         await crash_point("journal.after_commit")
@@ -254,16 +280,23 @@ class Journal:
         statistics.commit_seconds_total += elapsed_s
         if self.on_commit is not None:
             self.on_commit(max(elapsed_s, 0.0), len(batch))
-        for (request, done), result in zip(batch, results, strict=True):
-            if done.done():  # the caller was cancelled; the outcome stands regardless
-                continue
+        for (request, _), result in zip(batch, results, strict=True):
             if result is None:
                 statistics.events += len(request.events)
-                done.set_result(None)
             else:
                 statistics.rejected += 1
                 if isinstance(result, Fenced):
                     statistics.fenced += 1
                 else:
                     statistics.conflicts += 1
-                done.set_exception(result)
+        self._complete(batch, results)
+
+    def _complete(self, batch: list[_Pending], outcomes: Sequence[BaseException | None]) -> None:
+        """Free the batch's places and tell every request its outcome, in batch order."""
+        self._give_back_room(len(batch))
+        for (request, completion), outcome in zip(batch, outcomes, strict=True):
+            try:
+                completion(outcome)
+            except Exception:
+                # One appender's bug must not keep the others of the batch waiting.
+                log.exception("AppendCompletionFailed", extra={"stream_id": request.stream_id})
