@@ -13,6 +13,7 @@ import pytest
 
 import mainspring
 from mainspring import WorkflowContext
+from mainspring.errors import StoreUnavailable
 from mainspring.simulations import SimulationStuck, World, run_simulation
 from tests.simulation.scenarios import SIM_CONFIG
 
@@ -46,3 +47,51 @@ def test_a_reminder_due_on_a_node_that_does_not_own_its_actor_does_not_spin() ->
         return result
 
     assert run_simulation(0, scenario, max_steps=50_000).value == "rested"
+
+
+async def instant() -> str:
+    """A step with nothing to wait for."""
+    return "done"
+
+
+@mainspring.workflow("sim.core.signalled")
+async def signalled(ctx: WorkflowContext, _: None) -> str:
+    await ctx.wait_for_signal("go")
+    result: str = await ctx.step(instant)
+    return result
+
+
+@pytest.mark.xfail(
+    raises=TimeoutError,
+    strict=True,
+    reason=(
+        "A workflow activation whose messages are all duplicates (answered from the dedupe "
+        "records, as a retried signal or a re-fired reminder after a lost acknowledgement) "
+        "never replays its code nor pumps its due steps (WorkflowActorBase._enter runs only "
+        "in a handler); the periodic recovery skips live workflows and other nodes get "
+        "LeaseHeld, so the step scheduled by the ambiguous commit waits until the activation "
+        "passivates (idle_timeout_s)"
+    ),
+)
+def test_a_step_scheduled_by_a_commit_whose_ack_was_lost_starts_without_waiting_for_idle() -> None:
+    async def scenario(world: World) -> str:
+        store = world.faulty_store(world.sqlite_store())
+        await world.start_node("n1", [], store, config=SIM_CONFIG, workflows=[signalled])
+        await world.call("n1", lambda node: node.workflows.start(signalled, "s-1", None))
+        await world.sleep(1)
+        store.inject_next("lost_ack")  # the signal's commit (which schedules the step) is lost
+
+        async def go() -> None:
+            await world.call(
+                "n1", lambda node: node.workflows.signal("s-1", "go", None, signal_id="go-1")
+            )
+
+        with pytest.raises(StoreUnavailable):
+            await go()
+        await go()  # the retry is a duplicate: answered from the dedupe records
+        result: str = await world.call(
+            "n1", lambda node: node.workflows.result("s-1"), timeout_s=120
+        )
+        return result
+
+    assert run_simulation(0, scenario).value == "done"
