@@ -686,7 +686,9 @@ class World:
         await asyncio.sleep(delay_s)
         if entry.tag is not tag or entry.state != "crashed" or not entry.restart_after_crash:
             return  # restarted (or stopped) by the scenario meanwhile
-        await self.restart(entry.name)
+        # A crash point may kill it again while it starts; that crash schedules its own restart.
+        with contextlib.suppress(NodeDown):
+            await self.restart(entry.name)
 
     def _step_hook(self, work: Awaitable[Any], timeout_s: float | None) -> Awaitable[Any]:
         step = _CURRENT_STEP.get()
