@@ -39,9 +39,7 @@ async def test_the_served_document_is_valid_and_matches_the_router(served_memory
 async def test_secured_routes_are_marked(served_memory: Served) -> None:
     """With tokens, every /v1 operation names the bearer scheme and documents 401; the
     operational routes do not."""
-    document = served_memory.gateway.openapi
-    paths = document["paths"]
-    assert isinstance(paths, dict)
+    paths = served_memory.gateway.openapi["paths"]
     for path, operations in paths.items():
         for operation in operations.values():
             secured = "security" in operation
@@ -52,7 +50,6 @@ async def test_secured_routes_are_marked(served_memory: Served) -> None:
 async def test_query_parameters_are_documented_as_validated(served_memory: Served) -> None:
     """The documented bounds of ``wait`` are the ones the server enforces."""
     paths = served_memory.gateway.openapi["paths"]
-    assert isinstance(paths, dict)
     (wait,) = [p for p in paths["/v1/workflows/{id}"]["get"]["parameters"] if p["name"] == "wait"]
     maximum = wait["schema"]["maximum"]
     status, _, _ = await served_memory.call("GET", f"/v1/workflows/x?wait={maximum}")
