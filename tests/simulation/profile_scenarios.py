@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
+import attrs
+
 import mainspring
 from mainspring import RetryPolicy, WorkflowContext
 from mainspring.errors import (
@@ -146,7 +148,11 @@ async def payments(ctx: WorkflowContext, value: int) -> int:
     return second
 
 
-WORKFLOW_CONFIG = SIM_CONFIG
+WORKFLOW_CONFIG = attrs.evolve(
+    SIM_CONFIG, timer_poll_interval_s=10.0, workflow_recovery_interval_s=30.0
+)
+"""Polls short enough for a liveness bound of minutes: a timer scan that failed (its node was
+cut from the store) waits a whole poll interval before it looks again."""
 
 
 def workflows_under_profile(
