@@ -123,6 +123,15 @@ async def test_get_describes_and_long_polls(served: Served) -> None:
     status, body, _ = await served.call("GET", "/v1/workflows/nobody?wait=0.1")
     assert status == 404, body
     assert error_of(body)["code"] == "unknown_workflow"
+    for method, path in (
+        ("POST", "/v1/workflows/nobody/signals/item"),
+        ("GET", "/v1/workflows/nobody/queries/items"),
+        ("POST", "/v1/workflows/nobody/cancel"),
+    ):
+        status, body, _ = await served.call(method, path)
+        assert status == 404, (path, body)
+    # Unknown ids are answered from the index: no actor (and no lease row) is made for them.
+    assert await served.node.store.read_head(stream_id_of(WORKFLOW_ACTOR_TYPE, "nobody")) is None
     for wait in ("-1", "61", "abc", "nan", "inf"):
         status, body, _ = await served.call("GET", f"/v1/workflows/waiter-1?wait={wait}")
         assert status == 422, (wait, body)

@@ -170,6 +170,20 @@ class Handlers:
     def _id(self, call: Call, name: str = "id") -> str:
         return check_text(call.path(name), name, ID_LENGTH_MAX)
 
+    async def _started(self, call: Call) -> str:
+        """The workflow id of the path, once known to exist: an unknown id is a 404 before any
+        actor is activated for it (activating takes a lease, a write to the store)."""
+        workflow_id = self._id(call)
+        if stream_id_of(WORKFLOW_ACTOR_TYPE, workflow_id) in self.node.host.live:
+            return workflow_id
+        found = await self._bounded(
+            self.node.store.read_instance(WORKFLOW_ACTOR_TYPE, workflow_id), "find the workflow"
+        )
+        if found is None:
+            raise api_workflow_not_found(workflow_id)
+        assert found.actor_id == workflow_id, (found, workflow_id)
+        return workflow_id
+
     def _idempotency_key(self, call: Call) -> str | None:
         raw = call.request.headers.get("Idempotency-Key")
         if raw is None:
@@ -281,7 +295,7 @@ class Handlers:
 
     async def get_workflow(self, call: Call) -> web.StreamResponse:
         """``GET /v1/workflows/{id}``, optionally long-polling with ``?wait=``."""
-        workflow_id = self._id(call)
+        workflow_id = await self._started(call)
         wait_s: float | None = call.params["wait"]
         if wait_s:
             await self._wait_closed(workflow_id, wait_s)
@@ -314,7 +328,7 @@ class Handlers:
 
     async def signal_workflow(self, call: Call) -> web.StreamResponse:
         """``POST /v1/workflows/{id}/signals/{name}``: 202 once the signal is durable."""
-        workflow_id = self._id(call)
+        workflow_id = await self._started(call)
         name = check_text(call.path("name"), "name", NAME_LENGTH_MAX)
         signal_id = self._idempotency_key(call)
         await self._bounded(
@@ -325,7 +339,7 @@ class Handlers:
 
     async def query_workflow(self, call: Call) -> web.StreamResponse:
         """``GET /v1/workflows/{id}/queries/{name}?args=[...]``."""
-        workflow_id = self._id(call)
+        workflow_id = await self._started(call)
         name = check_text(call.path("name"), "name", NAME_LENGTH_MAX)
         args = call.params["args"]
         if args is None:
@@ -344,7 +358,7 @@ class Handlers:
         operation: Callable[[str, str], Awaitable[WorkflowDescription]],
     ) -> web.StreamResponse:
         """Record an operator action; answer the workflow as it is then."""
-        workflow_id = self._id(call)
+        workflow_id = await self._started(call)
         reason: str = call.body["reason"]
         description = await self._bounded(operation(workflow_id, reason), f"{action} it")
         assert description.workflow_id == workflow_id, (description, workflow_id)
