@@ -232,3 +232,25 @@ async def test_a_stalled_body_is_408() -> None:
         finally:
             writer.close()
         assert error_of(orjson.loads(body))["code"] == "body_timeout"
+
+
+async def test_a_stopped_gateway_starts_again() -> None:
+    """stop() then start() serves again (on a new port); a second start() while serving is
+    refused."""
+    from mainspring import Node
+    from mainspring.errors import UsageError
+
+    async with Node("restart", store=MemoryStore()) as node:
+        gateway = Gateway(node)
+        first = await gateway.start("127.0.0.1", 0)
+        with pytest.raises(UsageError):
+            await gateway.start("127.0.0.1", 0)
+        await gateway.stop()
+        await gateway.stop()
+        second = await gateway.start("127.0.0.1", 0)
+        try:
+            async with aiohttp.ClientSession() as session, session.get(second + "/readyz") as r:
+                assert r.status == 200
+        finally:
+            await gateway.stop()
+        assert first.startswith("http://127.0.0.1:")
