@@ -50,11 +50,17 @@ async def test_two_nodes_in_one_process_keep_their_metrics_apart(tmp_path: Path)
         assert total(samples_of(second), "mainspring_actor_messages_total") == 1
 
 
-def test_one_telemetry_serves_one_node(tmp_path: Path) -> None:
+async def test_one_telemetry_serves_one_node_at_a_time(tmp_path: Path) -> None:
     telemetry = Telemetry()
-    make_node(str(tmp_path / "a.db"), telemetry)
-    with pytest.raises(UsageError, match="already serves node 'n1'"):
-        Node("n2", store=SqliteStore(str(tmp_path / "b.db")), telemetry=telemetry)
+    async with make_node(str(tmp_path / "a.db"), telemetry) as node:
+        await node.ask(workload.Gate, "g", workload.Touch())
+    # The node stopped: its replacement in this process may take its Telemetry over.
+    async with make_node(str(tmp_path / "a.db"), telemetry) as node:
+        await node.ask(workload.Gate, "g", workload.Touch())
+        await node.ask(workload.Gate, "g", workload.Touch())
+        assert total(samples_of(node), "mainspring_actor_messages_total") == 2
+        with pytest.raises(UsageError, match=r"already serves node 'n1' \(which is running\)"):
+            Node("n2", store=SqliteStore(str(tmp_path / "b.db")), telemetry=telemetry)
     with pytest.raises(UsageError, match="telemetry must be a Telemetry"):
         Node("n3", store=SqliteStore(str(tmp_path / "c.db")), telemetry="yes")  # type: ignore[arg-type]
 

@@ -252,13 +252,19 @@ class Telemetry:
     def observe(self, node: Node) -> None:
         """Read ``node``'s counters and mailboxes when metrics are collected. Called by the node.
 
+        A node that replaces a stopped one (a restart in the same process) may take over its
+        ``Telemetry``: the counters the node keeps start again from zero, which Prometheus
+        reads as a counter reset.
+
         Raises:
-            UsageError: this object already serves another node.
+            UsageError: this object serves another node that has not stopped.
         """
-        if self._node is not None and self._node is not node:
+        previous = self._node
+        if previous is not None and previous is not node and previous.state != "stopped":
             raise UsageError(
-                f"this Telemetry already serves node {self._node.node_id!r}; give node "
-                f"{node.node_id!r} its own Telemetry() so their metrics stay apart"
+                f"this Telemetry already serves node {previous.node_id!r} (which is "
+                f"{previous.state}); give node {node.node_id!r} its own Telemetry() so their "
+                "metrics stay apart"
             )
         self._node = node
 
