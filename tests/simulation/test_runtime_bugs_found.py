@@ -61,18 +61,6 @@ async def signalled(ctx: WorkflowContext, _: None) -> str:
     return result
 
 
-@pytest.mark.xfail(
-    raises=TimeoutError,
-    strict=True,
-    reason=(
-        "A workflow activation whose messages are all duplicates (answered from the dedupe "
-        "records, as a retried signal or a re-fired reminder after a lost acknowledgement) "
-        "never replays its code nor pumps its due steps (WorkflowActorBase._enter runs only "
-        "in a handler); the periodic recovery skips live workflows and other nodes get "
-        "LeaseHeld, so the step scheduled by the ambiguous commit waits until the activation "
-        "passivates (idle_timeout_s)"
-    ),
-)
 def test_a_step_scheduled_by_a_commit_whose_ack_was_lost_starts_without_waiting_for_idle() -> None:
     async def scenario(world: World) -> str:
         store = world.faulty_store(world.sqlite_store())

@@ -182,6 +182,16 @@ class Actor(Generic[S]):
     def on_deactivate(self) -> None:
         """Called once when the activation ends (passivated, fenced or the node stopping)."""
 
+    def activation_message(self, state: S) -> object | None:
+        """A message the runtime queues for this actor right after each hydration, behind the
+        messages already waiting, or None (the default) for none.
+
+        It lets an actor resume work its log says is in flight even when every message that
+        activated it turns out to be a duplicate, answered from the dedupe records without a
+        handler running. It must be a message the actor handles; it has no message id.
+        """
+        return None
+
 
 class ActorContext(Generic[S]):
     """What a handler may see and do. Created by the runtime for each message."""

@@ -286,6 +286,12 @@ class Activation:
             self.fail_mailbox(error)
             return
         host.statistics.activations += 1
+        wake = self.actor.activation_message(self.state)
+        if wake is not None:
+            handler = self.actor_cls.handler_for(wake)
+            self.mailbox.append(
+                _Envelope(wake, None, None, handler, host.clock.monotonic_s(), None)
+            )
         idle = _IdleWait(self.wakeup, host.config.idle_timeout_s)
         try:
             while True:

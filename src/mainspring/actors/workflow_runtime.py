@@ -1124,6 +1124,11 @@ class WorkflowActorBase(Actor[WorkflowState]):
         run = self.run
         return run is not None and any(slot.task is not None for slot in run.steps.values())
 
+    def activation_message(self, state: WorkflowState) -> object | None:
+        # An open workflow replays its code and starts its due steps on every activation, even
+        # one whose messages are all duplicates (a retry after a lost acknowledgement).
+        return RecoverWorkflow() if state.phase == "open" else None
+
     def on_deactivate(self) -> None:
         if self.run is not None:
             self.run.abandon()
