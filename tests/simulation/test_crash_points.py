@@ -8,8 +8,12 @@ import pytest
 from mainspring import crashpoints
 from mainspring.crashpoints import CRASH_POINTS, crash_point
 from mainspring.node import Node
-from mainspring.simulations import FaultProfile, World, run_simulation
-from tests.simulation.profile_scenarios import ledger_under_profile, workflows_under_profile
+from mainspring.simulations import FaultProfile, NodeDown, World, run_simulation
+from tests.simulation.profile_scenarios import (
+    ledger_under_profile,
+    payments,
+    workflows_under_profile,
+)
 from tests.simulation.scenarios import SIM_CONFIG
 from tests.support.ledger import Ledger
 
@@ -103,3 +107,53 @@ def test_a_step_whose_node_crashes_after_its_effect_is_retried_under_the_same_ke
         # Each step's effect applied once, although some ran twice.
         assert result.value["effects"] == 2 * 4
     assert retried > 0
+
+
+def test_a_crash_right_after_start_returned_leaves_the_node_crashed_not_running() -> None:
+    """The recovery a node runs at start activates its running workflows; a crash point hit
+    there may kill the node after ``start`` returned and before the world marked it running.
+    ``restart`` must then raise ``NodeDown`` (the world restarts the node later), never leave
+    a dead node marked running. (The perturbed schedule lets the recovery's activation run
+    before the world's code resumes.)"""
+    profile = FaultProfile(crash_points={"host.after_lease": 0.5}, perturb=True)
+
+    async def scenario(world: World) -> int:
+        store = world.memory_store()  # no suspension in the store: the recovery runs at once
+        await world.start_node("n1", [], store, config=SIM_CONFIG, workflows=[payments])
+        for _ in range(50):  # until one start gets past the crash point
+            try:
+                await world.call(
+                    "n1", lambda node: node.workflows.start(payments, "p-1", 1), timeout_s=1
+                )
+                break
+            except (TimeoutError, NodeDown):
+                await world.sleep(2)  # the world restarts the node within a second
+        refused = 0
+        for _ in range(30):
+            if world.node_state("n1") == "running":
+                world.crash("n1")
+            if world.node_state("n1") != "crashed":
+                await world.sleep(2)
+                continue
+            try:
+                await world.restart("n1")
+            except NodeDown:
+                refused += 1
+                assert world.node_state("n1") == "crashed"
+                continue
+            if world.node_state("n1") == "running":
+                world.node("n1")  # a node marked running is alive
+        return refused
+
+    refused = sum(run_simulation(seed, scenario, profile=profile).value for seed in range(3))
+    assert refused > 0
+
+
+def test_a_node_that_crashes_each_time_it_takes_a_lease_recovers_after_heal() -> None:
+    """Every activation crashes its node right after taking the lease, including those the
+    node's start-up recovery makes just after ``start`` returned: the world restarts it again
+    and again, and once the faults heal the workflows complete."""
+    profile = FaultProfile(crash_points={"host.after_lease": 1.0})
+    result = run_simulation(0, workflows_under_profile(count=2, safety_s=10), profile=profile)
+    assert result.value["effects"] == 2 * 2
+    assert result.sometimes["crash_point:host.after_lease"] >= 2

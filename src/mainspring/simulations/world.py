@@ -443,6 +443,9 @@ class World:
         entry.restart_after_crash = False
         self.loop.trace("node.start", str(tag), node=tag)
         await self._in_node(entry, node.start, "start")
+        if tag.crashed:
+            # A crash point killed it after its start returned, before this resumed.
+            raise NodeDown(f"node {entry.name!r} crashed while it started")
         entry.state = "running"
         return node
 
