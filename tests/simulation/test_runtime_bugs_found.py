@@ -13,7 +13,7 @@ import pytest
 
 import mainspring
 from mainspring import WorkflowContext
-from mainspring.errors import StoreUnavailable
+from mainspring.errors import LeaseHeld, StoreUnavailable
 from mainspring.simulations import SimulationStuck, World, run_simulation
 from tests.simulation.scenarios import SIM_CONFIG
 
@@ -36,7 +36,7 @@ async def nap(ctx: WorkflowContext, _: None) -> str:
         "deadline (a busy loop in production; virtual time never advances in the simulator)"
     ),
 )
-def test_a_reminder_due_on_a_node_that_does_not_own_its_actor_does_not_spin() -> None:
+def test_a_reminder_due_on_a_node_whose_clock_is_ahead_does_not_spin() -> None:
     async def scenario(world: World) -> str:
         store = world.sqlite_store()
         await world.start_node("owner", [], store, config=POLLING, workflows=[nap])
@@ -47,6 +47,39 @@ def test_a_reminder_due_on_a_node_that_does_not_own_its_actor_does_not_spin() ->
         return result
 
     assert run_simulation(0, scenario, max_steps=50_000).value == "rested"
+
+
+@pytest.mark.xfail(
+    raises=SimulationStuck,
+    strict=True,
+    reason=(
+        "The same TimerScanner loop, worse: when the owner of an actor crashes, every other "
+        "node spins on its due reminders (LeaseHeld) until the crashed owner's lease expires, "
+        "a whole lease TTL of busy loop against the store"
+    ),
+)
+def test_reminders_of_a_crashed_owner_wait_for_its_lease_without_spinning() -> None:
+    config = attrs.evolve(POLLING, lease_ttl_s=60.0, lease_renew_interval_s=20.0)
+
+    async def scenario(world: World) -> str:
+        store = world.sqlite_store()
+        for name in ("owner", "other"):
+            await world.start_node(name, [], store, config=config, workflows=[nap])
+        await world.call("owner", lambda node: node.workflows.start(nap, "nap-1", None))
+        await world.sleep(1)
+        world.crash("owner")  # its lease on nap-1 runs until t=60s; the timer is due at 10s
+        for _ in range(100):
+            try:
+                result: str = await world.call(
+                    "other", lambda node: node.workflows.result("nap-1"), timeout_s=300
+                )
+            except LeaseHeld:
+                await world.sleep(5)  # until the crashed owner's lease expires
+            else:
+                return result
+        raise AssertionError("the other node never took nap-1 over")
+
+    assert run_simulation(0, scenario, max_steps=200_000).value == "rested"
 
 
 async def instant() -> str:
