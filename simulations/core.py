@@ -50,14 +50,25 @@ def crashes_everywhere(seed: int) -> FaultProfile:
     return attrs.evolve(swarm, crash_points=dict.fromkeys(CRASH_POINTS, 0.05))
 
 
-tally = tally_scenario("tally", seeds=300, sometimes=("duplicate_deduplicated",))
-tally_sqlite = tally_scenario("tally-sqlite", make_inner=_sqlite, seeds=100)
+tally = tally_scenario(
+    "tally",
+    seeds=400,
+    sometimes=("duplicate_deduplicated", "zombie_write_fenced", "lease_taken_over"),
+)
+tally_sqlite = tally_scenario(
+    "tally-sqlite", make_inner=_sqlite, seeds=150, sometimes=("duplicate_deduplicated",)
+)
 fencing = tally_scenario(
     "fencing",
     profile=skew_and_partitions,
     duration_s=120.0,
     seeds=200,
-    sometimes=("clock_jump_crossed_lease_expiry",),
+    sometimes=(
+        "clock_jump_crossed_lease_expiry",
+        "zombie_write_fenced",
+        "partition_store",
+        "lease_taken_over_after_partition",
+    ),
 )
 snapshots = tally_scenario(
     "snapshots",
@@ -68,4 +79,5 @@ snapshots = tally_scenario(
     rehydrate=True,
     profile=crashes_everywhere,
     seeds=200,
+    sometimes=("crash_point:journal.after_commit", "crash_point:host.after_lease"),
 )

@@ -54,7 +54,8 @@ from mainspring.errors import (
     StoreUnavailable,
 )
 from mainspring.simulations import InvariantViolation, NodeDown, World
-from mainspring.simulations.scenario import Scenario
+from mainspring.simulations.profile import FaultProfile
+from mainspring.simulations.scenario import ProfilePolicy, Scenario
 from mainspring.simulations.seeds import substream
 
 __all__ = ["SimPayments", "orders", "orders_scenario"]
@@ -165,6 +166,20 @@ class SimPayments:
 
 # The scenario ------------------------------------------------------------------------------------
 
+STEP_ERROR_MAX: Final = 0.05
+"""The highest injected step error rate: the model's ``ctx.ask`` steps (reserve, notify) keep
+the default retry policy of 5 attempts, and a workflow whose step fails 5 times in a row
+*fails* (by design), which at a 20% rate happens in about one seed in 60."""
+
+
+def orders_profile(seed: int) -> FaultProfile:
+    """The seed's swarm profile, with step errors capped at ``STEP_ERROR_MAX``."""
+    swarm = FaultProfile.swarm(seed)
+    steps = swarm.steps
+    if steps.error > STEP_ERROR_MAX:
+        swarm = attrs.evolve(swarm, steps=attrs.evolve(steps, error=STEP_ERROR_MAX))
+    return swarm
+
 
 async def _until_done(
     world: World, what: str, call: Callable[[], Awaitable[T]], *, pause_s: float = 2.0
@@ -205,6 +220,9 @@ def orders_scenario(
     count: int = 10,
     seeds: int = 100,
     store: str = "sqlite",
+    profile: ProfilePolicy | None = None,
+    max_steps: int | None = 1_000_000,
+    sometimes: tuple[str, ...] = (),
 ) -> Scenario:
     """The order workflow under faults; see the module docstring.
 
@@ -214,6 +232,9 @@ def orders_scenario(
         count: how many orders.
         seeds: the default seed budget.
         store: ``"sqlite"`` or ``"memory"``.
+        profile: the fault policy (``orders_profile`` if None).
+        max_steps: the callback budget of one run.
+        sometimes: the ``world.sometimes`` targets a campaign expects to fire.
     """
     names = tuple(f"n{number + 1}" for number in range(nodes))
     state: dict[str, Any] = {}
@@ -315,6 +336,9 @@ def orders_scenario(
         run=run,
         settle=settle,
         liveness_s=24 * 3600.0,
+        profile=profile or orders_profile,
+        max_steps=max_steps,
+        sometimes=sometimes,
         seeds=seeds,
         description=f"{count} orders on {nodes} node(s) under swarm faults",
     )
@@ -359,7 +383,8 @@ async def _check_business(
         if stock.available < 0 or stock.available != restocked - held:
             raise InvariantViolation(
                 f"[stock] {sku}: available {stock.available}, restocked {restocked}, "
-                f"completed orders hold {held}"
+                f"completed orders hold {held}; held {stock.held}, released {stock.released}, "
+                f"outcomes {_outcomes(results)}"
             )
         if set(stock.held) != holders:
             raise InvariantViolation(
@@ -382,12 +407,23 @@ async def _check_business(
             )
 
 
+def _outcomes(results: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{oid}:{result.get('status')}{'/' + result['reason'] if 'reason' in result else ''}"
+        for oid, result in sorted(results.items())
+    )
+
+
 def _qty(data: OrderInput, sku: str) -> int:
     return sum(item.qty for item in data.items if item.sku == sku)
 
 
-orders = orders_scenario()
-"""Ten orders on one node over SQLite, 100 seeds by default."""
+orders = orders_scenario(
+    seeds=150,
+    sometimes=("step_retried_after_crash", "crash_point:journal.after_commit"),
+)
+"""Ten orders on one node over SQLite."""
 
-orders_cluster = orders_scenario("orders-cluster", nodes=3, count=10, seeds=30)
-"""Ten orders driven through three nodes sharing one store."""
+orders_cluster = orders_scenario("orders-cluster", nodes=3, count=10, seeds=30, max_steps=300_000)
+"""Ten orders driven through three nodes sharing one store (not in CI: see the known
+livelock in docs/simulation.md, section on the suites)."""

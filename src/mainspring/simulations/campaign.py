@@ -227,7 +227,12 @@ def run_seed(
 
     started = _CLOCK.monotonic_s()
     try:
-        result = run_simulation(seed, body, profile=chosen, perturb=chosen.perturb, keep_trace=keep)
+        if scenario.max_steps is None:
+            result = run_simulation(seed, body, profile=chosen, keep_trace=keep)
+        else:
+            result = run_simulation(
+                seed, body, profile=chosen, keep_trace=keep, max_steps=scenario.max_steps
+            )
     except (Exception, SimulationError) as error:
         wall_s = _CLOCK.monotonic_s() - started
         return _failed(

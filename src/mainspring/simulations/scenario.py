@@ -139,6 +139,8 @@ class Scenario:
             gentle* (a failure under ``--strict``).
         seeds: how many seeds a campaign runs when not told otherwise.
         description: one line shown by the CLI.
+        max_steps: the callback budget of one run (``SimulationStuck`` beyond it, e.g. a
+            livelock at one virtual instant); None keeps ``run_simulation``'s default.
     """
 
     name: str = attrs.field(validator=_check_name)
@@ -154,6 +156,7 @@ class Scenario:
     )
     seeds: int = attrs.field(default=100, validator=_check_seeds)
     description: str = ""
+    max_steps: int | None = None
 
     def profile_for(self, seed: int) -> FaultProfile:
         """The fault profile seed ``seed`` runs with under this scenario's policy."""
