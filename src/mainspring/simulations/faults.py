@@ -698,7 +698,6 @@ class FaultyStore:
         await self._delay()
         return await self.inner.list_streams()
 
-
     # Cluster membership (faulted like any other write, delayed like any other read) ------------
 
     async def join_member(self, node_id: str, address: str, now_ms: int) -> Member:
@@ -723,6 +722,7 @@ class FaultyStore:
         """See ``Store.list_members``."""
         await self._delay()
         return await self.inner.list_members()
+
 
 def _is_a_store(store: FaultyStore) -> Store:
     """Never called: makes mypy prove that ``FaultyStore`` implements the ``Store`` protocol."""
