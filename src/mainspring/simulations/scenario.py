@@ -288,5 +288,5 @@ def load_scenario(target: str) -> Scenario:
         return Scenario(name=attribute, run=found)
     raise ScenarioError(
         f"{target!r} is {type(found).__name__}, not a Scenario: decorate an async function of "
-        "the world with @mainspring.simulations.scenario"
+        "the world with @scenario (from mainspring.simulations.scenario)"
     )
