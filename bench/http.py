@@ -4,7 +4,9 @@ The server side (this process) runs a node on a fresh database behind ``mainspri
 and, on another port of the same event loop, a bare aiohttp application whose one handler
 parses a small JSON body and answers ``{"ok": true}``. A load client runs in a separate process
 (``python bench/http.py --client ...``) on loopback: an aiohttp ``ClientSession`` with
-``--concurrency`` requests in flight. Each phase is one client process:
+``--concurrency`` requests in flight. The phases below run in turn, ``--rounds`` times over
+(each round takes its share of every count), so that a shared machine's changing load weighs on
+every kind alike; each phase of a round is one client process:
 
 1. ``raw``: ``--requests`` POSTs to the bare handler (after ``--warmup`` uncounted ones);
 2. ``start``: ``--starts`` ``POST /v1/workflows/bench-http-one-step`` with distinct ids (a
@@ -13,8 +15,9 @@ parses a small JSON body and answers ``{"ok": true}``. A load client runs in a s
 3. ``signal``: ``--signals`` ``POST /v1/workflows/{id}/signals/tick`` spread round-robin over
    ``--concurrency`` waiting workflows; each answers 202 once the signal is durable.
 
-Figures: ``raw_aiohttp_req_per_s``, ``starts_per_s``, ``signals_per_s`` (requests / wall time
-of the phase, measured by the client), their latency ``_ms_p50`` / ``_ms_p99``, and
+Figures: ``raw_aiohttp_req_per_s``, ``starts_per_s``, ``signals_per_s`` (requests / the wall
+time of their phases, summed over the rounds, measured by the client), their latency
+``_ms_p50`` / ``_ms_p99`` (over every request of the kind), and
 ``starts_ratio`` = ``starts_per_s / raw_aiohttp_req_per_s`` (target >= 0.3). Every answer's
 status is checked; a phase with an unexpected status fails the run.
 
@@ -27,7 +30,7 @@ steps; a phase's own steps and completions run alongside its starts (the figures
 acknowledgements per second while the workflows run, not a backlog left for later).
 
 Usage: python bench/http.py --store sqlite|postgres [--starts 3000] [--signals 3000]
-       [--requests 3000] [--concurrency 64] [--json]
+       [--requests 3000] [--concurrency 64] [--rounds 5] [--json]
 """
 
 from __future__ import annotations
@@ -134,14 +137,11 @@ async def client(arguments: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
         seconds = time.perf_counter() - started
-    latencies.sort()
     return {
         "kind": kind,
         "count": count,
         "seconds": seconds,
-        "per_s": count / seconds,
-        "p50_ms": median(latencies) * 1000,
-        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "latencies_ms": [round(latency * 1000, 4) for latency in latencies],
         "statuses": {str(status): n for status, n in sorted(statuses.items())},
     }
 
@@ -215,11 +215,35 @@ async def serve_raw() -> tuple[web.AppRunner, str]:
     return runner, f"http://{host}:{port}"
 
 
+class Totals:
+    """The requests of one kind over all rounds: count, time and every latency."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self.latencies_ms: list[float] = []
+
+    def add(self, figures: dict[str, Any]) -> None:
+        self.count += figures["count"]
+        self.seconds += figures["seconds"]
+        self.latencies_ms.extend(figures.get("latencies_ms", ()))
+
+    def summary(self) -> dict[str, float]:
+        figures = {"per_s": self.count / self.seconds}
+        if self.latencies_ms:
+            ordered = sorted(self.latencies_ms)
+            figures["p50_ms"] = median(ordered)
+            figures["p99_ms"] = percentile(ordered, 0.99)
+        return figures
+
+
 async def measure(store: Any, arguments: argparse.Namespace) -> dict[str, Any]:
-    """The three phases against one node and one bare server."""
-    concurrency = arguments.concurrency
+    """``--rounds`` rounds of the four phases against one node and one bare server, so that
+    the load of a shared machine weighs on every kind alike."""
+    concurrency, rounds = arguments.concurrency, arguments.rounds
     node = Node("bench-http", store=store, workflows=[one_step_workflow, ticks_workflow])
     raw_runner, raw_url = await serve_raw()
+    totals = {kind: Totals() for kind in ("raw", "start", "inprocess", "signal")}
     try:
         async with node:
             gateway = Gateway(node)
@@ -229,22 +253,39 @@ async def measure(store: Any, arguments: argparse.Namespace) -> dict[str, Any]:
                     await run_client(raw_url, "raw", arguments.warmup, concurrency)
                     await run_client(url, "start", arguments.warmup, concurrency, prefix="warm")
                     await wait_closed(node, "warm", arguments.warmup)
-                raw = await run_client(raw_url, "raw", arguments.requests, concurrency)
-                starts = await run_client(url, "start", arguments.starts, concurrency, prefix="s")
-                await wait_closed(node, "s", arguments.starts)
-                inprocess = await start_in_process(node, arguments.starts, concurrency)
-                await wait_closed(node, "p", arguments.starts)
                 targets = min(concurrency, arguments.signals)
                 for number in range(targets):
                     await node.workflows.start(ticks_workflow, f"t-{number}", None)
-                signals = await run_client(
-                    url, "signal", arguments.signals, concurrency, prefix="t", targets=targets
-                )
+                for index in range(rounds):
+
+                    def share(total: int, index: int = index) -> int:
+                        return total // rounds + (1 if index < total % rounds else 0)
+
+                    raw = await run_client(raw_url, "raw", share(arguments.requests), concurrency)
+                    totals["raw"].add(raw)
+                    starts = share(arguments.starts)
+                    totals["start"].add(
+                        await run_client(url, "start", starts, concurrency, prefix=f"s{index}")
+                    )
+                    await wait_closed(node, f"s{index}", starts)
+                    totals["inprocess"].add(
+                        await start_in_process(node, starts, concurrency, f"p{index}")
+                    )
+                    await wait_closed(node, f"p{index}", starts)
+                    signals = await run_client(
+                        url,
+                        "signal",
+                        share(arguments.signals),
+                        concurrency,
+                        prefix="t",
+                        targets=targets,
+                    )
+                    totals["signal"].add(signals)
             finally:
                 await gateway.stop()
     finally:
         await raw_runner.cleanup()
-    return {"raw": raw, "start": starts, "signal": signals, "inprocess": inprocess}
+    return {kind: total.summary() for kind, total in totals.items()}
 
 
 async def wait_closed(node: Node, prefix: str, count: int) -> None:
@@ -261,23 +302,24 @@ async def wait_closed(node: Node, prefix: str, count: int) -> None:
     await asyncio.gather(*(one(number) for number in range(count)))
 
 
-async def start_in_process(node: Node, count: int, concurrency: int) -> dict[str, float]:
+async def start_in_process(
+    node: Node, count: int, concurrency: int, prefix: str
+) -> dict[str, float]:
     """The same starts through ``node.workflows.start`` in this process, ``concurrency`` in
     flight: the engine's own ceiling for the start phase, without HTTP."""
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(number: int) -> None:
         async with semaphore:
-            await node.workflows.start(one_step_workflow, f"p-{number}", number)
+            await node.workflows.start(one_step_workflow, f"{prefix}-{number}", number)
 
     started = time.perf_counter()
     await asyncio.gather(*(one(number) for number in range(count)))
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "per_s": count / seconds}
+    return {"count": count, "seconds": time.perf_counter() - started}
 
 
 def git_commit() -> str:
-    """The commit the run measured (with ``+dirty`` when the tree has changes)."""
+    """The commit checked out when the run was made."""
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(
@@ -301,6 +343,7 @@ async def run(arguments: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "store": arguments.store,
         "concurrency": arguments.concurrency,
+        "rounds": arguments.rounds,
         "starts": arguments.starts,
         "signals": arguments.signals,
         "requests": arguments.requests,
@@ -341,10 +384,15 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--requests", type=int, default=3000, help="to the bare handler")
     parser.add_argument("--warmup", type=int, default=200, help="uncounted first, per server")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="phases are interleaved over this many rounds"
+    )
     arguments = parser.parse_args(argv)
-    for name in ("starts", "signals", "requests", "concurrency"):
-        if getattr(arguments, name) < 1:
-            parser.error(f"--{name} must be >= 1")
+    if not arguments.concurrency >= 1 or not arguments.rounds >= 1:
+        parser.error("--concurrency and --rounds must be >= 1")
+    for name in ("starts", "signals", "requests"):
+        if getattr(arguments, name) < arguments.rounds:
+            parser.error(f"--{name} must be >= --rounds ({arguments.rounds})")
     if arguments.warmup < 0:
         parser.error("--warmup must be >= 0")
     result = asyncio.run(run(arguments))

@@ -91,6 +91,8 @@ def test_http_bench_prints_its_figures() -> None:
         "2",
         "--concurrency",
         "4",
+        "--rounds",
+        "2",
     )
     for key in (
         "raw_aiohttp_req_per_s",
@@ -107,4 +109,5 @@ def test_http_bench_prints_its_figures() -> None:
     assert result["store"] == "sqlite"
     assert result["starts"] == 12
     assert result["signals"] == 12
+    assert result["rounds"] == 2
     assert result["ratio_target"] == 0.3
