@@ -11,7 +11,7 @@ from mainspring.simulations import FaultProfile, NetworkFaults, StoreFaults, Wor
 from mainspring.simulations.network import CLIENT, store_endpoint
 from tests.simulation.profile_scenarios import add_once, ledger_under_profile
 from tests.simulation.scenarios import SIM_CONFIG
-from tests.support.ledger import Ledger
+from tests.support.ledger import Add, Ledger
 
 SHORT_LEASES = {"lease_ttl_s": 2.0, "lease_renew_interval_s": 0.5}
 
@@ -136,3 +136,19 @@ def test_connectivity_follows_cuts_and_heal() -> None:
         return seen
 
     assert run_simulation(0, scenario).value == [True, False, False, True]
+
+
+@pytest.mark.parametrize(("faults", "expected"), [({"drop": 1.0}, 0), ({"duplicate": 1.0}, 1)])
+def test_a_tell_is_lost_or_delivered_twice_and_deduplicated(
+    faults: dict[str, float], expected: int
+) -> None:
+    profile = FaultProfile(network=NetworkFaults(**faults))
+
+    async def scenario(world: World) -> int:
+        store = world.faulty_store(world.memory_store())
+        await world.start_node("n1", [Ledger], store, config=SIM_CONFIG)
+        await world.tell("n1", Ledger, "l", Add("once"), message_id="once")
+        await world.sleep(1)
+        return len(store.history.appends)
+
+    assert run_simulation(0, scenario, profile=profile).value == expected
