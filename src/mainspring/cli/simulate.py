@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -254,6 +255,8 @@ def _check_determinism(
 @click.option(
     "--trace-dir",
     type=click.Path(file_okay=False, path_type=Path),
+    default=lambda: Path(tempfile.gettempdir()) / "mainspring-traces",
+    show_default="$TMPDIR/mainspring-traces",
     help="Write the whole trace of each failing seed here.",
 )
 @click.option(
