@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, final
 
 from mainspring.actors.actor import Actor
 from mainspring.actors.host import ActorHost
@@ -26,6 +26,7 @@ from mainspring.actors.workflow_runtime import (
     WorkflowServices,
     workflow_actor_type,
 )
+from mainspring.cluster.config import ClusterConfig
 from mainspring.codec import Registry, registry
 from mainspring.config import NodeConfig
 from mainspring.errors import NodeClosed, StoreUnavailable, UsageError
@@ -34,6 +35,9 @@ from mainspring.persistence.journal import Journal
 from mainspring.persistence.store import Store
 from mainspring.seams import Clock, Ids, Random, SeededRandom, SystemClock, SystemIds
 from mainspring.validation import check_id, check_timeout
+
+if TYPE_CHECKING:
+    from mainspring.cluster.runtime import Cluster
 
 __all__ = ["Node"]
 
@@ -56,6 +60,12 @@ def _check_message_id(message_id: object) -> str | None:
     )
 
 
+def _cluster(node: Node, config: ClusterConfig) -> Cluster:
+    from mainspring.cluster.runtime import Cluster  # only clustered nodes load the HTTP client
+
+    return Cluster(node.host, config)
+
+
 @final
 class Node:
     """A mainspring node: hosts actors over a store and serves ``ask`` and ``tell``.
@@ -73,6 +83,8 @@ class Node:
         ids: the id seam (UUID4 by default).
         codec: the type registry (the process-wide one by default).
         telemetry: where the node's metrics and spans go (see ``Telemetry``).
+        cluster: run as one member of a cluster over a shared store (see ``ClusterConfig``
+            and docs/architecture.md); None (the default) runs alone, owning every actor.
     """
 
     def __init__(
@@ -88,6 +100,7 @@ class Node:
         ids: Ids | None = None,
         codec: Registry | None = None,
         telemetry: Telemetry | None = None,
+        cluster: ClusterConfig | None = None,
     ) -> None:
         if not isinstance(node_id, str) or not _NODE_ID_PATTERN.match(node_id):
             raise UsageError(
@@ -96,6 +109,8 @@ class Node:
             )
         if config is not None and not isinstance(config, NodeConfig):
             raise UsageError(f"config must be a NodeConfig, got {type(config).__name__}")
+        if cluster is not None and not isinstance(cluster, ClusterConfig):
+            raise UsageError(f"cluster must be a ClusterConfig, got {type(cluster).__name__}")
         self.node_id: Final = node_id
         self.config: Final = config or NodeConfig()
         self.clock: Final[Clock] = clock or SystemClock()
@@ -127,6 +142,8 @@ class Node:
         )
         self.workflows: Final = WorkflowClient(self.host, self.workflow_services, self.ids)
         """Start, signal, query, cancel and await workflows (see ``WorkflowClient``)."""
+        self.cluster: Final[Cluster | None] = None if cluster is None else _cluster(self, cluster)
+        """This node's membership and routing when it runs in a cluster, else None."""
         self.scan_statistics: Final = ScanStatistics()
         self._wire_telemetry()
         self._tasks: list[asyncio.Task[None]] = []
@@ -161,6 +178,8 @@ class Node:
         self._state = "starting"
         await self.store.open()
         await self.journal.start()
+        if self.cluster is not None:
+            await self.cluster.start()
         timers, relay, self._unwire = start_scans(self.host, self.scan_statistics)
         self._spawn(self._renew_leases(), "lease-renewer")
         self._spawn(timers.run(), "timer-scan")
@@ -178,6 +197,8 @@ class Node:
         if self._state in {"stopping", "stopped"}:
             return
         self._state = "stopping"
+        if self.cluster is not None:
+            await self.cluster.leave()  # hand every actor off while steps settle
         await self._settle_steps()
         for task in self._tasks:
             task.cancel()
@@ -187,6 +208,8 @@ class Node:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 log.error("NodeTaskFailed", exc_info=result)
         await self.host.drain()
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.journal.close()
         await self.store.close()
         self._state = "stopped"

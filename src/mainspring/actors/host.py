@@ -14,7 +14,7 @@ import inspect
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import attrs
 from opentelemetry.context import Context
@@ -36,6 +36,7 @@ from mainspring.errors import (
     CodecError,
     ConcurrencyConflict,
     Fenced,
+    LeaseHeld,
     NodeClosed,
     Overloaded,
     StoreUnavailable,
@@ -54,6 +55,9 @@ from mainspring.persistence.store import (
     stream_id_of,
 )
 from mainspring.seams import Clock, Random, SeededRandom
+
+if TYPE_CHECKING:
+    from mainspring.cluster.routing import Router
 
 __all__ = ["Activation", "ActorHost", "HostStatistics"]
 
@@ -113,6 +117,16 @@ def _settle(envelope: _Envelope, *, result: Any = None, error: BaseException | N
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+def _settle_from(envelope: _Envelope, done: asyncio.Future[Any]) -> None:
+    """Settle ``envelope`` with the outcome of ``done`` (a forwarded copy of it)."""
+    if done.cancelled():
+        _settle(envelope, error=NodeClosed("the forward of this message was cancelled"))
+    elif done.exception() is not None:
+        _settle(envelope, error=done.exception())
+    else:
+        _settle(envelope, result=done.result())
 
 
 @final
@@ -209,9 +223,17 @@ class Activation:
     async def hydrate(self) -> None:
         """Take the lease; rebuild the state from the latest snapshot plus the events after it."""
         host = self.host
-        lease = await host.store.acquire_lease(
-            self.stream_id, host.node_id, host.clock.wall_ms(), host.config.lease_ttl_ms
-        )
+        while True:
+            try:
+                lease = await host.store.acquire_lease(
+                    self.stream_id, host.node_id, host.clock.wall_ms(), host.config.lease_ttl_ms
+                )
+                break
+            except LeaseHeld as held:
+                # In a cluster the previous owner hands the actor off (or crashed): wait for
+                # its release or expiry while this node still owns the actor.
+                if host.router is None or not await host.router.await_lease(self.stream_id, held):
+                    raise
         assert lease.epoch >= 1
         await crash_point("host.after_lease")
         host.statistics.leases_acquired += 1
@@ -283,7 +305,10 @@ class Activation:
             await self.hydrate()
         except Exception as error:
             host.forget(self)
-            self.fail_mailbox(error)
+            if host.router is not None and not host.owns(self.stream_id):
+                host.redeliver(self)  # ownership moved while we waited: forward the mailbox
+            else:
+                self.fail_mailbox(error)
             return
         host.statistics.activations += 1
         wake = self.actor.activation_message(self.state)
@@ -663,6 +688,8 @@ class ActorHost:
         self.on_timers_set: Callable[[int], None] = lambda due_at_ms: None
         self.tracer: Tracer | None = None
         """Makes a span per handled batch when set (by the node, when it traces)."""
+        self.router: Router | None = None
+        """Routes messages of actors other nodes own (set by the node in a cluster)."""
         # A deliberately broken variant for the simulator's self-check: reply before the commit.
         self.reply_before_commit = False
 
@@ -686,20 +713,36 @@ class ActorHost:
         message_id: str | None,
         *,
         want_reply: bool,
+        hops: int = 0,
     ) -> asyncio.Future[Any] | None:
-        """Queue ``message`` for the actor, activating it if needed.
+        """Queue ``message`` for the actor, activating it if needed; in a cluster, forward it
+        to the node that owns the actor when that is another node.
 
-        Returns a future of the reply when ``want_reply``.
+        Returns a future of the reply when ``want_reply``. ``hops`` counts the nodes the
+        message was forwarded through already.
 
         Raises:
             NodeClosed: the host is stopping.
             Overloaded: the actor's mailbox is full.
         """
-        if self.closing:
+        router = self.router
+        if self.closing and router is None:
             raise NodeClosed(f"node {self.node_id!r} is stopping; send the message elsewhere")
         actor_cls = self.actor_type(actor)
         function = actor_cls.handler_for(message)  # fails fast, before anything is queued
         stream_id = stream_id_of(actor_cls.type_name, actor_id)
+        if router is not None:
+            if not router.owns(stream_id):
+                return router.forward(
+                    actor_cls.type_name,
+                    actor_id,
+                    message,
+                    message_id,
+                    want_reply=want_reply,
+                    hops=hops,
+                )
+            if self.closing:
+                raise NodeClosed(f"node {self.node_id!r} is stopping; send the message elsewhere")
         activation = self.live.get(stream_id)
         if activation is None:
             activation = self._activate(actor_cls, actor_id)
@@ -756,6 +799,9 @@ class ActorHost:
         from the store. They were accepted already, so the mailbox bound does not apply."""
         while dropped.mailbox:
             envelope = dropped.mailbox.popleft()
+            if self.router is not None and not self.router.owns(dropped.stream_id):
+                self._forward_envelope(dropped, envelope)
+                continue
             if self.closing:
                 _settle(envelope, error=NodeClosed(f"node {self.node_id!r} is stopping"))
                 continue
@@ -764,6 +810,39 @@ class ActorHost:
                 activation = self._activate(dropped.actor_cls, dropped.actor_id)
             activation.mailbox.append(envelope)
             activation.wakeup.set()
+
+    def _forward_envelope(self, dropped: Activation, envelope: _Envelope) -> None:
+        """Send an accepted message on to the actor's owner (it moved while it was queued)."""
+        assert self.router is not None
+        try:
+            forwarded = self.router.forward(
+                dropped.actor_cls.type_name,
+                dropped.actor_id,
+                envelope.message,
+                envelope.message_id,
+                want_reply=envelope.reply is not None,
+                hops=0,
+            )
+        except Exception as error:
+            _settle(envelope, error=error)
+            return
+        if forwarded is not None:
+            forwarded.add_done_callback(lambda done: _settle_from(envelope, done))
+
+    def owns(self, stream_id: str) -> bool:
+        """Whether this node should run ``stream_id``'s actor (always, outside a cluster)."""
+        return self.router is None or self.router.owns(stream_id)
+
+    def hand_off(self) -> int:
+        """Ask every live actor this node no longer owns to finish its queued messages and
+        passivate (releasing its lease); returns how many were asked."""
+        asked = 0
+        for activation in list(self.live.values()):
+            if not activation.passivate_requested and not self.owns(activation.stream_id):
+                activation.passivate_requested = True
+                activation.wakeup.set()
+                asked += 1
+        return asked
 
     def lost_leases(self, stream_ids: Sequence[str]) -> None:
         """Drop activations whose lease renewal failed (another node owns them now)."""

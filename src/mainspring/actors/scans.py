@@ -102,10 +102,13 @@ class TimerScanner:
             try:
                 due = await host.store.read_due_timers(now_ms, self._batch_timers_max)
                 self._statistics.timer_lag_ms = max(now_ms - due[0].due_at_ms, 0) if due else 0
-                if due:
-                    await asyncio.gather(*(self._fire(timer) for timer in due))
+                # In a cluster each node fires only the timers of the actors it owns.
+                owned = [timer for timer in due if host.owns(timer.stream_id)]
+                if owned:
+                    await asyncio.gather(*(self._fire(timer) for timer in owned))
                     continue
-                next_due_ms = await host.store.next_timer_due_ms()
+                # Timers due but owned elsewhere: their owners fire them; look again later.
+                next_due_ms = None if due else await host.store.next_timer_due_ms()
             except StoreUnavailable as error:
                 log.warning("TimerScanFailed", extra={"error": str(error)})
                 next_due_ms = None
@@ -169,6 +172,8 @@ class OutboxRelay:
         while True:
             try:
                 pending = await self._host.store.read_outbox(self._batch_messages_max)
+                # In a cluster the owner of the sending actor relays its messages.
+                pending = [m for m in pending if self._host.owns(m.source_stream_id)]
             except StoreUnavailable as error:
                 log.warning("OutboxScanFailed", extra={"error": str(error)})
                 await self._waker.wait(config.outbox_retry_interval_s)

@@ -42,6 +42,9 @@ log: Final = logging.getLogger(__name__)
 _ID_LENGTH_MAX: Final = 512
 _SIGNAL_NAME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_.:\-]{0,99}$")
 _RECOVERY_PAGE: Final = 200
+_REMOTE_RESULT_POLL_S: Final = 0.05
+_REMOTE_RESULT_POLL_MAX_S: Final = 1.0
+"""How often ``result`` re-describes a workflow that runs on another node of a cluster."""
 _RECOVERY_IN_FLIGHT: Final = 32
 
 
@@ -200,7 +203,7 @@ class WorkflowClient:
             description = await self._describe(workflow_id)
             if not description.closed:
                 async with asyncio.timeout(limit):
-                    description = await waiter
+                    description = await self._until_closed(workflow_id, waiter, description)
         except TimeoutError:
             status = description.status if description is not None else "unknown"
             raise TimeoutError(
@@ -214,6 +217,33 @@ class WorkflowClient:
         if description.status == "completed":
             return self._host.codec.from_value(description.result)
         raise WorkflowError(workflow_id, description.status, description.error)
+
+    async def _until_closed(
+        self,
+        workflow_id: str,
+        waiter: asyncio.Future[WorkflowDescription],
+        description: WorkflowDescription,
+    ) -> WorkflowDescription:
+        """The description once closed: told by ``waiter`` when the workflow runs here, else
+        (in a cluster, another node runs it) found by describing it now and again."""
+        if self._host.router is None:  # a node alone runs every workflow itself
+            return await waiter
+        pause_s = _REMOTE_RESULT_POLL_S
+        while not description.closed:
+            if self._host.owns(f"{WORKFLOW_ACTOR_TYPE}/{workflow_id}"):
+                try:
+                    async with asyncio.timeout(_REMOTE_RESULT_POLL_MAX_S):
+                        return await asyncio.shield(waiter)
+                except TimeoutError:
+                    pass  # ownership may have moved meanwhile: look again
+            else:
+                try:
+                    async with asyncio.timeout(pause_s):
+                        return await asyncio.shield(waiter)
+                except TimeoutError:
+                    pause_s = min(pause_s * 2, _REMOTE_RESULT_POLL_MAX_S)
+            description = await self._describe(workflow_id)
+        return description
 
     async def signal(
         self, workflow_id: str, name: str, payload: Any = None, *, signal_id: str | None = None
@@ -337,6 +367,8 @@ class WorkflowClient:
                 info.actor_id
                 for info in page
                 if not (skip_live and f"{WORKFLOW_ACTOR_TYPE}/{info.actor_id}" in self._host.live)
+                # In a cluster each node wakes only the workflows it owns.
+                and self._host.owns(f"{WORKFLOW_ACTOR_TYPE}/{info.actor_id}")
             ]
             await asyncio.gather(*(wake(workflow_id) for workflow_id in due))
             woken += len(due)

@@ -171,6 +171,29 @@ _SCHEMAS: Final[dict[str, Any]] = {
         "properties": {"status": {"type": "string"}, "node_id": {"type": "string"}},
     },
     "OpenApiDocument": {"type": "object"},
+    "Cluster": {
+        "type": "object",
+        "required": ["node_id", "incarnation", "state", "ring", "members"],
+        "properties": {
+            "node_id": {"type": "string"},
+            "incarnation": {"type": "integer"},
+            "state": {"type": "string"},
+            "ring": {"type": "array", "items": {"type": "string"}},
+            "ring_changes": {"type": "integer"},
+            "members": {"type": "array", "items": {"type": "object"}},
+            "routing": {"type": "object"},
+        },
+    },
+    "ForwardOutcome": {
+        "type": "object",
+        "required": ["ok"],
+        "properties": {
+            "ok": {"type": "boolean"},
+            "reply": {"description": "The reply as a codec envelope (when ok)."},
+            "error": {"type": "object", "description": "The error, encoded (when not ok)."},
+            "retry": {"type": "boolean", "description": "Nothing was accepted: send again."},
+        },
+    },
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from mainspring.gateway.cluster import cluster_status, deliver_forwarded
 from mainspring.gateway.handlers import (
     ID_LENGTH_MAX,
     NAME_LENGTH_MAX,
@@ -237,6 +238,37 @@ ROUTES: Final[tuple[Route, ...]] = (
             "Both forms answer once the events the handler emitted are committed. With an "
             "Idempotency-Key (the message id), a message the actor already accepted is not "
             "applied again and the stored reply is returned."
+        ),
+    ),
+    Route(
+        "GET",
+        "/v1/cluster",
+        "clusterStatus",
+        "This node's view of the cluster: members, their state and key share.",
+        cluster_status,
+        "cluster",
+        replies=(Reply(200, "The members as this node sees them.", "Cluster"),),
+        errors=(401, 404),
+    ),
+    Route(
+        "POST",
+        "/cluster/v1/deliver",
+        "deliverForwarded",
+        "Node-to-node: deliver a message another node forwarded to its owner.",
+        deliver_forwarded,
+        "cluster",
+        auth=False,
+        body=Body(
+            "The forwarded message: actor_type, actor_id, message (a codec envelope), "
+            "message_id, reply (whether to wait for the reply) and hops.",
+            schema={"type": "object"},
+        ),
+        replies=(Reply(200, "The outcome: the reply or the error, encoded.", "ForwardOutcome"),),
+        errors=(400, 401, 404, 413, 503),
+        description=(
+            "Authenticated by the shared cluster secret in the X-Mainspring-Cluster-Secret "
+            "header (not by client tokens). A node that no longer owns the actor forwards the "
+            "message again, up to the cluster's hop limit."
         ),
     ),
     Route(

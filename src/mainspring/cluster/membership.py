@@ -1,0 +1,178 @@
+"""Membership: which nodes are in the cluster, read from the store by every node.
+
+Each node writes only its own row (``join_member`` then ``heartbeat_member`` every
+``heartbeat_interval_s``) and reads every row. A member is *live* in a view when its state is
+``up`` and its last heartbeat is at most ``member_timeout_s`` old by the reader's clock. Every
+node computes its view from the same table with the same rule, so views converge within one
+heartbeat interval once the table stops changing; no node coordinates the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Final, final
+
+from mainspring.cluster.config import ClusterConfig
+from mainspring.cluster.ring import HashRing
+from mainspring.errors import StoreUnavailable
+from mainspring.persistence.store import Member, Store
+from mainspring.seams import Clock
+
+__all__ = ["Membership"]
+
+log: Final = logging.getLogger(__name__)
+
+
+@final
+class Membership:
+    """One node's membership row and its view of everyone's.
+
+    Args:
+        node_id: this node.
+        store: the shared store holding the membership table.
+        clock: this node's clock (heartbeat times, ages of others' heartbeats).
+        config: the cluster settings.
+        on_change: called with the new ring whenever the set of live members changes.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        store: Store,
+        clock: Clock,
+        config: ClusterConfig,
+        on_change: Callable[[HashRing], None] = lambda ring: None,
+    ) -> None:
+        self.node_id: Final = node_id
+        self.store: Final = store
+        self.clock: Final = clock
+        self.config: Final = config
+        self.on_change = on_change
+        self.incarnation = 0
+        self.state = "new"
+        """``new``, ``up``, ``leaving``, ``left``, or ``superseded`` (a newer process joined
+        under this node id: this one owns nothing any more)."""
+        self.members: dict[str, Member] = {}
+        """The rows of the last read, by node id."""
+        self.ring = HashRing((), virtual_nodes=config.virtual_nodes)
+        self.ring_changes = 0
+        self._refreshing: asyncio.Task[None] | None = None
+
+    @property
+    def addresses(self) -> Mapping[str, str]:
+        """The gateway address of every member, by node id."""
+        return {node_id: member.address for node_id, member in self.members.items()}
+
+    def live(self, member: Member, now_ms: int) -> bool:
+        """Whether ``member`` belongs in a view taken at ``now_ms``."""
+        if member.node_id == self.node_id and self.state != "up":
+            return False
+        return (
+            member.state == "up"
+            and now_ms - member.heartbeat_at_ms <= self.config.member_timeout_ms
+        )
+
+    async def join(self) -> Member:
+        """Register under a new incarnation and read the first view (this node included)."""
+        member = await self.store.join_member(
+            self.node_id, self.config.address, self.clock.wall_ms()
+        )
+        assert member.incarnation >= 1, member
+        assert member.state == "up", member
+        self.incarnation = member.incarnation
+        self.state = "up"
+        log.info("MemberJoined", extra={"node_id": self.node_id, "incarnation": member.incarnation})
+        await self.refresh()
+        assert self.node_id in self.ring or self.state != "up", self.ring
+        return member
+
+    async def heartbeat(self, state: str = "up") -> bool:
+        """Write this node's heartbeat (and ``state``); False when the row is no longer ours."""
+        if self.state in {"new", "superseded"}:
+            return False
+        recorded = await self.store.heartbeat_member(
+            self.node_id, self.incarnation, self.clock.wall_ms(), state
+        )
+        if not recorded and self.state == "up":
+            log.error(
+                "MemberSuperseded",
+                extra={"node_id": self.node_id, "incarnation": self.incarnation},
+            )
+            self.state = "superseded"
+            self._recompute()
+        return recorded
+
+    async def refresh(self) -> None:
+        """Read the membership table and recompute the ring."""
+        rows = await self.store.list_members()
+        self.members = {member.node_id: member for member in rows}
+        self._recompute()
+
+    async def refresh_fresh(self) -> None:
+        """A refresh that reads the table after this call began, shared by the callers that
+        ask while it is being started (so a burst of callers costs one or two reads)."""
+        task = self._refreshing
+        if task is not None and not task.done():
+            await asyncio.gather(asyncio.shield(task), return_exceptions=True)
+        task = self._refreshing
+        if task is None or task.done():
+            task = self._refreshing = asyncio.get_running_loop().create_task(self.refresh())
+        await asyncio.shield(task)
+
+    def _recompute(self) -> None:
+        now_ms = self.clock.wall_ms()
+        live = {m.node_id for m in self.members.values() if self.live(m, now_ms)}
+        if live == set(self.ring.members):
+            return
+        previous = sorted(self.ring.members)
+        self.ring = HashRing(live, virtual_nodes=self.config.virtual_nodes)
+        self.ring_changes += 1
+        log.info(
+            "RingChanged",
+            extra={"node_id": self.node_id, "members": sorted(live), "previous": previous},
+        )
+        self.on_change(self.ring)
+
+    async def leave(self) -> None:
+        """Mark this node ``leaving``: it drops out of every view (its own first)."""
+        if self.state != "up":
+            return
+        # The table first: a node that reads it from now on no longer routes here, so what
+        # this node forwards away is not bounced back (it recomputes its own view next).
+        try:
+            await self.store.heartbeat_member(
+                self.node_id, self.incarnation, self.clock.wall_ms(), "leaving"
+            )
+        except StoreUnavailable as error:
+            log.warning("MemberLeaveUnrecorded", extra={"error": str(error)})
+        self.state = "leaving"
+        self._recompute()
+
+    async def depart(self) -> None:
+        """Mark this node ``left`` (its last write to the table)."""
+        if self.state not in {"up", "leaving"}:
+            return
+        self.state = "left"
+        self._recompute()
+        try:
+            await self.store.heartbeat_member(
+                self.node_id, self.incarnation, self.clock.wall_ms(), "left"
+            )
+        except StoreUnavailable as error:
+            log.warning("MemberLeaveUnrecorded", extra={"error": str(error)})
+
+    async def run(self) -> None:
+        """Heartbeat and refresh every ``heartbeat_interval_s`` (until cancelled)."""
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            try:
+                if self.state == "up":
+                    await self.heartbeat()
+                await self.refresh()
+            except StoreUnavailable as error:
+                log.warning("MembershipRefreshFailed", extra={"error": str(error)})
+                # The view ages on our clock even when the store is away: members whose
+                # heartbeats we last saw too long ago leave it.
+                self._recompute()
