@@ -11,7 +11,13 @@ import pytest
 import mainspring
 from mainspring import WorkflowContext
 from mainspring.actors.workflow_runtime import WORKFLOW_ACTOR_TYPE, WorkflowEvent
-from mainspring.persistence.store import StoredEvent, StreamHead, stream_id_of
+from mainspring.persistence.store import (
+    AppendRequest,
+    NewEvent,
+    StoredEvent,
+    StreamHead,
+    stream_id_of,
+)
 from mainspring.simulations import (
     FaultProfile,
     InvariantViolation,
@@ -238,3 +244,21 @@ def test_a_user_invariant_is_checked_after_every_commit() -> None:
     # The fourth token's state is in memory once its commit returns; the check after the next
     # commit sees it, and the run stops before that client hears back.
     assert added == ["a", "b", "c", "d"]
+
+
+def test_a_reminder_committed_before_it_was_due_is_reported_at_the_commit() -> None:
+    """A reminder's transition carries the message id ``reminder:<name>:<due>``: committed
+    with a clock reading before ``due``, it fired early."""
+
+    async def scenario(world: World) -> None:
+        store = world.faulty_store(world.memory_store())
+        await store.open()
+        stream = stream_id_of(Ledger.type_name, "r")
+        lease = await store.acquire_lease(stream, "n1", 0, 60_000)
+        event = NewEvent("test.ledger.added", 1, b'{"token": "r"}', "reminder:tick:5000")
+        request = AppendRequest(stream, lease.epoch, 0, (event,), recorded_at_ms=4_000)
+        await store.append_batch([request])
+
+    with pytest.raises(InvariantViolation, match="1000 ms before it was due") as raised:
+        run_simulation(0, scenario)
+    assert raised.value.invariant == "timers fire once and not early"

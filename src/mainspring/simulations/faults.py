@@ -297,6 +297,26 @@ class _IncrementalChecks:
         self.epochs[grant.stream_id] = grant.epoch
         return None
 
+    def reminder(self, request: AppendRequest, tolerance_ms: int) -> str | None:
+        """A reminder's transition (events carrying the message id ``reminder:<name>:<due>``
+        the timer scan gives it) committed before its deadline by the committing node's clock:
+        a violation message, or None. (Fired twice would be two commits of one message id.)"""
+        for event in request.events:
+            message_id = event.message_id
+            if message_id is None or not message_id.startswith("reminder:"):
+                continue
+            due_text = message_id.rpartition(":")[2]
+            if not due_text.isdigit():
+                continue
+            due_ms = int(due_text)
+            if request.recorded_at_ms + tolerance_ms < due_ms:
+                return (
+                    f"[timers fire once and not early] {request.stream_id}: reminder "
+                    f"{message_id!r} committed at {request.recorded_at_ms}, "
+                    f"{due_ms - request.recorded_at_ms} ms before it was due"
+                )
+        return None
+
     def commit(self, append: AppendRecord, newest_before: LeaseGrant | None) -> str | None:
         """A violation message for a committed append, or None."""
         stream_id = append.stream_id
@@ -347,6 +367,9 @@ class FaultyStore:
             its calls failed, or held until the partition heals and then delivered (late).
         observer: told of targeted faults that reached their code and of violations.
         check: check every committed append and lease grant as it happens.
+        reminder_tolerance_ms: how early (by the committing node's clock) a reminder's
+            transition may commit before the check reports it (a clock stepped back between
+            the scan that found it due and the commit).
 
     Attributes:
         inner: the wrapped store.
@@ -369,6 +392,7 @@ class FaultyStore:
         network: Network | None = None,
         observer: StoreObserver | None = None,
         check: bool = False,
+        reminder_tolerance_ms: int = 0,
     ) -> None:
         self.inner: Final = inner
         self.label: Final = label
@@ -381,6 +405,7 @@ class FaultyStore:
         self._network = network
         self._observer = observer
         self._checks: _IncrementalChecks | None = _IncrementalChecks() if check else None
+        self._reminder_tolerance_ms = reminder_tolerance_ms
         self._grants: dict[str, list[LeaseGrant]] = {}
         """Per stream: every grant, for the incremental checks."""
 
@@ -613,6 +638,8 @@ class FaultyStore:
                     default=None,
                 )
                 message = self._checks.commit(record, newest)
+                if message is None:
+                    message = self._checks.reminder(request, self._reminder_tolerance_ms)
                 if message is not None:
                     self._violated(message)
             if truly_committed and self._observer is not None:

@@ -317,6 +317,7 @@ class World:
             network=self.network,
             observer=self,
             check=check,
+            reminder_tolerance_ms=self.profile.clock.jump_ms_max if self.profile.clock.jump else 0,
         )
         if self.healed:
             store.faults_enabled = False
