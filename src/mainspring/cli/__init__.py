@@ -13,6 +13,7 @@ import click
 __all__ = ["main"]
 
 _COMMANDS: Final = {
+    "cluster": ("mainspring.cli.cluster", "cluster"),
     "node": ("mainspring.cli.node", "node"),
     "workflows": ("mainspring.cli.workflows", "workflows"),
     "simulate": ("mainspring.cli.simulate", "simulate"),

@@ -33,6 +33,8 @@ import click
 
 from mainspring.app import App, load_app
 from mainspring.cli._store import DEFAULT_STORE_URL, StoreUrl, parse_store_url
+from mainspring.cli.cluster import CLUSTER_SECRET_ENVIRONMENT, cluster_settings, lease_settings
+from mainspring.cluster.config import ClusterConfig
 from mainspring.config import NodeConfig
 from mainspring.errors import MainspringError, UsageError
 
@@ -91,6 +93,7 @@ class NodeSettings:
     node_id: str
     tokens: tuple[str, ...]
     config: NodeConfig
+    cluster: ClusterConfig | None = None
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -156,6 +159,12 @@ def _settings(
     node_id: str | None,
     tokens: tuple[str, ...],
     shutdown_timeout_s: float | None,
+    cluster_options: tuple[str | None, str | None, float | None, float | None] = (
+        None,
+        None,
+        None,
+        None,
+    ),
 ) -> NodeSettings:
     """Validate the options (nothing is opened yet); raises UsageError."""
     store_url = parse_store_url(store)
@@ -178,7 +187,10 @@ def _settings(
     config = app.config or NodeConfig()
     if shutdown_timeout_s is not None:
         config = attrs.evolve(config, shutdown_timeout_s=shutdown_timeout_s)
-    return NodeSettings(app, app_spec, store_url, host, port, node_id, tokens, config)
+    secret, advertise, lease_ttl_s, member_timeout_s = cluster_options
+    config = lease_settings(config, lease_ttl_s)
+    cluster = cluster_settings(secret, advertise, host, port, member_timeout_s, tokens)
+    return NodeSettings(app, app_spec, store_url, host, port, node_id, tokens, config, cluster)
 
 
 _RECORD_FIELDS: Final = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -319,6 +331,7 @@ class _NodeRun:
                 actors=app.actors,
                 workflows=app.workflows,
                 config=settings.config,
+                cluster=settings.cluster,
             )
         except MainspringError as error:
             self.fail(_reason(error))
@@ -355,6 +368,10 @@ class _NodeRun:
         try:
             await self.stop.wait()
         finally:
+            if node.cluster is not None:
+                # Out of every view first: peers stop routing here and actors are handed off
+                # while the gateway still forwards what reaches it.
+                await node.cluster.leave()
             log.info("GatewayStopping", extra={"node_id": settings.node_id})
             deadline_s = settings.config.shutdown_timeout_s
             try:
@@ -424,6 +441,38 @@ async def serve(settings: NodeSettings, gate: _StartupGate) -> None:
     "[default: the app's NodeConfig.shutdown_timeout_s, 10].",
 )
 @click.option(
+    "--cluster-secret",
+    default=None,
+    metavar="SECRET",
+    help="Join the cluster of the nodes over the same store that share this secret "
+    f"(also ${CLUSTER_SECRET_ENVIRONMENT}); node-to-node calls carry it. Without it the node "
+    "runs alone.",
+)
+@click.option(
+    "--advertise",
+    default=None,
+    metavar="URL",
+    help="The URL the other nodes reach this node's gateway at [default: http://HOST:PORT of "
+    "--listen].",
+)
+@click.option(
+    "--lease-ttl",
+    "lease_ttl_s",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="How long an actor's lease outlives its node: a crashed node's actors move after "
+    "this long [default: the app's NodeConfig.lease_ttl_s, 30].",
+)
+@click.option(
+    "--member-timeout",
+    "member_timeout_s",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="A cluster member silent this long leaves every view [default: 5].",
+)
+@click.option(
     "--log-level",
     type=click.Choice(_LOG_LEVELS, case_sensitive=False),
     default="info",
@@ -437,6 +486,10 @@ def node(
     token_options: tuple[str, ...],
     token_file: Path | None,
     shutdown_timeout_s: float | None,
+    cluster_secret: str | None,
+    advertise: str | None,
+    lease_ttl_s: float | None,
+    member_timeout_s: float | None,
     log_level: str,
 ) -> None:
     """Run a node with its HTTP gateway until SIGTERM or SIGINT."""
@@ -446,7 +499,16 @@ def node(
         sys.path.insert(0, os.getcwd())
     try:
         tokens = read_tokens(token_options, os.environ.get(TOKENS_ENVIRONMENT), token_file)
-        settings = _settings(app_spec, store, listen, node_id, tokens, shutdown_timeout_s)
+        secret = cluster_secret or os.environ.get(CLUSTER_SECRET_ENVIRONMENT) or None
+        settings = _settings(
+            app_spec,
+            store,
+            listen,
+            node_id,
+            tokens,
+            shutdown_timeout_s,
+            (secret, advertise, lease_ttl_s, member_timeout_s),
+        )
     except UsageError as error:
         _fail(str(error))
     asyncio.run(serve(settings, gate))
