@@ -82,6 +82,7 @@ def main() -> None:
         profile=lambda seed: ALL_FAULTS,
         max_steps=args.max_steps,
     )
+    commit = _commit()
     runs = []
     started = time.perf_counter()
     for seed in range(args.seeds):
@@ -111,7 +112,7 @@ def main() -> None:
             sum(run.events for run in runs if run.ok)
             / max(sum(run.wall_s for run in runs if run.ok), 1e-9)
         ),
-        "commit": _commit(),
+        "commit": commit,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
     }
