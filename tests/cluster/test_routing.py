@@ -311,3 +311,38 @@ def test_errors_round_trip_with_their_class_and_fields() -> None:
     unknown = decode_error({"module": "nowhere", "qualname": "Oops", "message": "m", "args": []})
     assert isinstance(unknown, RemoteError)
     assert unknown.type_name == "nowhere.Oops"
+
+
+async def test_cluster_status_command_and_metrics(
+    sqlite_cluster: tuple[list[Member], Any],
+) -> None:
+    from click.testing import CliRunner
+
+    from mainspring.cli import main
+
+    members, _ = sqlite_cluster
+    for account in ACCOUNTS[:6]:
+        await members[0].node.ask(Account, account, Deposit(1))
+    url = members[1].gateway.url
+    assert url is not None
+    runner = CliRunner()
+    shown = await asyncio.to_thread(runner.invoke, main, ["cluster", "status", "--url", url])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert lines[0].startswith("node node-1 (incarnation 1, up); ring: node-0, node-1, node-2")
+    assert lines[1].split() == ["NODE", "STATE", "LIVE", "HEARTBEAT", "SHARE", "ADDRESS"]
+    assert [line.split()[:3] for line in lines[2:5]] == [
+        [f"node-{n}", "up#1", "yes"] for n in range(3)
+    ]
+    as_json = await asyncio.to_thread(
+        runner.invoke, main, ["cluster", "status", "--url", url, "--json"]
+    )
+    assert orjson.loads(as_json.output)["ring"] == ["node-0", "node-1", "node-2"]
+    text = members[0].node.telemetry.prometheus_text()
+    assert "mainspring_cluster_members 3" in text
+    forwards = [
+        line for line in text.splitlines() if line.startswith("mainspring_cluster_forwards_total ")
+    ]
+    assert forwards
+    assert float(forwards[0].split()[1]) > 0
+    assert "mainspring_cluster_ring_changes_total" in text

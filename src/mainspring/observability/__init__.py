@@ -246,6 +246,28 @@ class Telemetry:
         )  # fmt: skip
         for name, callback, unit, description in gauges:
             meter.create_observable_gauge(name, [callback], unit, description)
+        cluster_counters = (
+            ("mainspring_cluster_ring_changes", "Changes of this node's ring (members in or out).",
+             "ring_changes"),
+            ("mainspring_cluster_forwards", "Messages this node forwarded to their owner.",
+             "forwarded"),
+            ("mainspring_cluster_forward_failures",
+             "Forwarded messages given up on (owner unreachable, or too many hops).",
+             "forward_failures"),
+            ("mainspring_cluster_hand_offs",
+             "Live actors passivated because this node no longer owns them.", "hand_offs"),
+            ("mainspring_cluster_takeover_waits",
+             "Pauses of activations waiting for another node's lease to be released or expire.",
+             "lease_waits"),
+        )  # fmt: skip
+        for name, description, field in cluster_counters:
+            meter.create_observable_counter(name, [self._cluster_callback(field)], "1", description)
+        meter.create_observable_gauge(
+            "mainspring_cluster_members",
+            [self._cluster_callback("members")],
+            "1",
+            "Members in this node's ring (live in its view).",
+        )
 
     # Binding to a node ----------------------------------------------------------------------------
 
@@ -285,6 +307,23 @@ class Telemetry:
         value = getattr(self._node.scan_statistics, field)
         assert isinstance(value, int)
         return value
+
+    def _cluster_callback(self, field: str) -> Any:
+        """Observes one number of the node's cluster (nothing for a node that runs alone)."""
+
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            cluster = None if self._node is None else self._node.cluster
+            if cluster is None:
+                return ()
+            if field == "ring_changes":
+                return (Observation(cluster.membership.ring_changes),)
+            if field == "members":
+                return (Observation(len(cluster.ring)),)
+            value = getattr(cluster.router.statistics, field)
+            assert isinstance(value, int)
+            return (Observation(value),)
+
+        return callback
 
     def _counter_callback(self, source: Any, field: str) -> Any:
         def callback(options: CallbackOptions) -> Iterable[Observation]:

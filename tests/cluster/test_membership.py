@@ -1,0 +1,131 @@
+"""Membership views computed from the store's table, the cluster settings and the CLI options."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from mainspring.cli.cluster import cluster_settings, lease_settings
+from mainspring.cluster.config import ClusterConfig
+from mainspring.cluster.membership import Membership
+from mainspring.cluster.ring import HashRing
+from mainspring.config import NodeConfig
+from mainspring.errors import UsageError
+from mainspring.persistence.memory import MemoryStore
+
+SECRET = "0123456789abcdef-secret"
+START_MS = 1_700_000_000_000
+
+
+@attrs.define
+class ManualClock:
+    now_ms: int = START_MS
+
+    def wall_ms(self) -> int:
+        return self.now_ms
+
+    def monotonic_s(self) -> float:
+        return self.now_ms / 1000
+
+
+def config(port: int) -> ClusterConfig:
+    return ClusterConfig(
+        address=f"http://127.0.0.1:{port}",
+        secret=SECRET,
+        heartbeat_interval_s=1.0,
+        member_timeout_s=5.0,
+    )
+
+
+async def test_views_converge_and_a_silent_member_leaves_every_view() -> None:
+    store = MemoryStore()
+    await store.open()
+    clocks = [ManualClock(), ManualClock(), ManualClock()]
+    changes: list[list[HashRing]] = [[], [], []]
+    views = [
+        Membership(f"n{i}", store, clocks[i], config(9000 + i), changes[i].append) for i in range(3)
+    ]
+    for view in views:
+        await view.join()
+    for view in views:
+        await view.refresh()
+    assert all(set(view.ring.members) == {"n0", "n1", "n2"} for view in views)
+    assert all(view.addresses["n1"] == "http://127.0.0.1:9001" for view in views)
+    # n2 stops heartbeating; the others keep going; past the timeout it leaves their views.
+    for clock in clocks:
+        clock.now_ms += 5_000
+    for view in views[:2]:
+        assert await view.heartbeat()
+        await view.refresh()
+    assert all(set(view.ring.members) == {"n0", "n1", "n2"} for view in views[:2])
+    for clock in clocks:
+        clock.now_ms += 1
+    for view in views[:2]:
+        assert await view.heartbeat()
+        await view.refresh()
+    assert all(set(view.ring.members) == {"n0", "n1"} for view in views[:2])
+    assert [set(ring.members) for ring in changes[0]] == [
+        {"n0"},
+        {"n0", "n1", "n2"},
+        {"n0", "n1"},
+    ]
+    # A graceful leave drops out of every view at the next read, before any timeout.
+    await views[1].leave()
+    assert "n1" not in views[1].ring
+    await views[0].refresh()
+    assert set(views[0].ring.members) == {"n0"}
+    await views[1].depart()
+    [row] = [m for m in await store.list_members() if m.node_id == "n1"]
+    assert row.state == "left"
+
+
+async def test_a_restarted_node_supersedes_its_old_process() -> None:
+    store = MemoryStore()
+    await store.open()
+    clock = ManualClock()
+    old = Membership("n0", store, clock, config(9000))
+    await old.join()
+    new = Membership("n0", store, clock, config(9100))
+    await new.join()
+    assert new.incarnation == old.incarnation + 1
+    assert not await old.heartbeat()
+    assert old.state == "superseded"
+    assert "n0" not in old.ring  # the old process owns nothing any more
+    assert await new.heartbeat()
+    assert new.addresses["n0"] == "http://127.0.0.1:9100"
+
+
+def test_cluster_settings_are_validated() -> None:
+    with pytest.raises(UsageError, match="at least 16"):
+        ClusterConfig(address="http://a:1", secret="short")
+    with pytest.raises(UsageError, match="base URL"):
+        ClusterConfig(address="a:1/x", secret=SECRET)
+    with pytest.raises(UsageError, match="twice"):
+        ClusterConfig(
+            address="http://a:1", secret=SECRET, heartbeat_interval_s=2, member_timeout_s=3
+        )
+    with pytest.raises(UsageError, match="forward_hops_max"):
+        ClusterConfig(address="http://a:1", secret=SECRET, forward_hops_max=0)
+
+
+def test_node_command_cluster_options() -> None:
+    assert cluster_settings(None, None, "127.0.0.1", 8080, None) is None
+    settings = cluster_settings(SECRET, None, "127.0.0.1", 8080, 2.0)
+    assert settings is not None
+    assert settings.address == "http://127.0.0.1:8080"
+    assert (settings.member_timeout_s, settings.heartbeat_interval_s) == (2.0, 0.4)
+    advertised = cluster_settings(SECRET, "http://10.0.0.5:8080/", "0.0.0.0", 8080, None)
+    assert advertised is not None
+    assert advertised.address == "http://10.0.0.5:8080"
+    with pytest.raises(UsageError, match="port 0 needs --advertise"):
+        cluster_settings(SECRET, None, "127.0.0.1", 0, None)
+    with pytest.raises(UsageError, match="wildcard"):
+        cluster_settings(SECRET, None, "0.0.0.0", 8080, None)
+    with pytest.raises(UsageError, match="need --cluster-secret"):
+        cluster_settings(None, "http://a:1", "127.0.0.1", 8080, None)
+    with pytest.raises(UsageError, match="differ from every client token"):
+        cluster_settings(SECRET, None, "127.0.0.1", 8080, None, (SECRET,))
+    lease = lease_settings(NodeConfig(), 3.0)
+    assert (lease.lease_ttl_s, lease.lease_renew_interval_s) == (3.0, 1.0)
+    with pytest.raises(UsageError, match="--lease-ttl"):
+        lease_settings(NodeConfig(), 0)
