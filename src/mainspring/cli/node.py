@@ -39,6 +39,7 @@ from mainspring.config import NodeConfig
 from mainspring.errors import MainspringError, UsageError
 
 if TYPE_CHECKING:
+    from mainspring.gateway import Gateway
     from mainspring.node import Node
 
 __all__ = ["NodeSettings", "default_node_id", "node", "parse_listen", "read_tokens"]
@@ -319,6 +320,7 @@ class _NodeRun:
         log.info("NodeExited", extra={"node_id": self.settings.node_id})
 
     async def _run(self) -> None:
+        from mainspring.gateway import Gateway
         from mainspring.node import Node
 
         settings = self.settings
@@ -335,13 +337,19 @@ class _NodeRun:
             )
         except MainspringError as error:
             self.fail(_reason(error))
+        early: Gateway | None = None
         try:
             try:
                 # Opened first (the node's start finds it open) so that an unreachable
                 # database is reported before the app's lifespan starts anything.
                 await store.open()
+                if settings.cluster is not None:
+                    # In a cluster the gateway listens before the node joins: the other nodes
+                    # forward to it as soon as they see it (their start-up hooks included).
+                    early = Gateway(node, tokens=settings.tokens)
+                    await early.start(settings.host, settings.port)
                 async with app.running(node):
-                    await self._serve(node)
+                    await self._serve(node, early)
             except Exception as error:
                 # Before the gateway listens, every failure is a problem of this run's
                 # configuration (the store, the app's hooks, the address): one line says which.
@@ -349,14 +357,18 @@ class _NodeRun:
                     raise
                 self.fail(_reason(error))
         finally:
+            if early is not None:
+                await early.stop(drain_timeout_s=0)  # (already stopped after serving)
             await store.close()
 
-    async def _serve(self, node: Node) -> None:
+    async def _serve(self, node: Node, gateway: Gateway | None = None) -> None:
         from mainspring.gateway import Gateway
 
         settings = self.settings
-        gateway = Gateway(node, tokens=settings.tokens)
-        url = await gateway.start(settings.host, settings.port)
+        if gateway is None:
+            gateway = Gateway(node, tokens=settings.tokens)
+            await gateway.start(settings.host, settings.port)
+        url = gateway.url
         self.listening = True
         self.gate.open(replay=True)
         auth = f"{len(settings.tokens)} token(s)" if settings.tokens else "no authentication"

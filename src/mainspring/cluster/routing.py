@@ -381,6 +381,11 @@ class Router:
     async def accept(self, item: object) -> dict[str, Any]:
         """Deliver a message another node forwarded here; the JSON outcome to send back."""
         self.statistics.received += 1
+        if self.host.router is not self or self.membership.state == "new":
+            # Not started yet (a peer still routes to this address's previous incarnation):
+            # nothing is accepted, the sender tries again with a fresher view.
+            error = NodeClosed(f"node {self.node_id!r} has not joined the cluster yet")
+            return {"ok": False, "retry": True, "error": encode_error(error)}
         try:
             if not isinstance(item, dict):
                 raise UsageError("a forwarded message must be a JSON object")
