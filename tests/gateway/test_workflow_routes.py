@@ -214,6 +214,12 @@ async def test_queries_take_json_arguments(served: Served) -> None:
     assert error_of(body)["details"]["field"] == "args"
     status, body, _ = await served.call("GET", "/v1/workflows/query-1/queries/nth?args=%7B%7D")
     assert status == 422, body
+    for args in ("[]", '["x"]', "[1, 2]"):
+        path = f"/v1/workflows/query-1/queries/nth?args={urllib.parse.quote(args)}"
+        status, body, _ = await served.call("GET", path)
+        assert status == 422, (args, body)
+        assert error_of(body)["code"] == "query_failed"
+        assert error_of(body)["details"]["error"] == "TypeError"
 
 
 async def test_cancel_pause_resume_terminate(served: Served) -> None:

@@ -46,6 +46,7 @@ ERROR_CODES: Final[Mapping[str, int]] = {
     "body_too_large": 413,
     "validation_failed": 422,
     "rejected": 422,
+    "query_failed": 422,
     "overloaded": 429,
     "internal": 500,
     "unavailable": 503,

@@ -346,9 +346,22 @@ class Handlers:
             args = []
         if not isinstance(args, list):
             raise validation_error("args", f"args must be a JSON array, got {_json_kind(args)}")
-        answer = await self._bounded(
-            self.node.workflows.query(workflow_id, name, *args), "answer the query"
-        )
+        try:
+            answer = await self._bounded(
+                self.node.workflows.query(workflow_id, name, *args), "answer the query"
+            )
+        except (MainspringError, ApiError, TimeoutError):
+            raise
+        except Exception as error:
+            # The query handler itself raised (wrong arguments, or a bug in it): a query writes
+            # nothing, so say what it raised rather than answer 500.
+            raise ApiError(
+                422,
+                "query_failed",
+                f"query {name!r} raised {type(error).__name__}: {str(error)[:500]} "
+                f"(check its arguments: args={orjson.dumps(args).decode()[:200]})",
+                {"field": "args", "error": type(error).__name__},
+            ) from None
         return _json({"id": workflow_id, "query": name, "result": self.unstructure(answer)})
 
     async def _control(
