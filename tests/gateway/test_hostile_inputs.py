@@ -212,6 +212,10 @@ def bodies(route: Any) -> st.SearchStrategy[bytes | None]:
             ]
         ),
         json_values.map(lambda value: json.dumps(value).encode()),
+        st.integers(min_value=30, max_value=1100).map(
+            lambda depth: b'{"id": "deep", "input": ' + b"[" * depth + b"]" * depth + b"}"
+        ),
+        st.integers(min_value=30, max_value=1100).map(lambda depth: b"[" * depth + b"]" * depth),
         st.integers(min_value=2**64).map(
             lambda big: json.dumps({"id": "big", "input": big}).encode()
         ),

@@ -101,6 +101,23 @@ async def test_start_refuses_a_malformed_body(served: Served) -> None:
     assert "gw.order" in error_of(body)["details"]["registered"]
 
 
+async def test_json_nesting_is_bounded(served: Served) -> None:
+    """Bodies nested up to 64 levels are taken; deeper ones are a 422 naming the body (they
+    would exhaust the recursion of the encoders), never a 500."""
+    for depth, expected in ((63, 201), (65, 422), (1000, 422)):
+        nested = b"[" * depth + b"]" * depth
+        raw = b'{"id": "deep-%d", "input": ' % depth + nested + b"}"
+        status, body, _ = await served.call("POST", "/v1/workflows/gw.plain", data=raw)
+        assert status == expected, (depth, body)
+        if expected == 422:
+            assert error_of(body)["details"]["field"] == "body"
+    await start(served, "gw.waiter", "deep-signal", None)
+    status, body, _ = await served.call(
+        "POST", "/v1/workflows/deep-signal/signals/item", data=b"[" * 500 + b"]" * 500
+    )
+    assert status == 422, body
+
+
 async def test_get_describes_and_long_polls(served: Served) -> None:
     """GET describes the workflow; ?wait= returns once it closes (or when the wait ends, with
     the workflow as it is); an unknown id is 404; bad waits are 422."""

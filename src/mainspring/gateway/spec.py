@@ -21,6 +21,7 @@ from multidict import MultiMapping
 from mainspring.gateway.errors import ApiError, validation_error
 
 __all__ = [
+    "JSON_DEPTH_MAX",
     "Body",
     "BodyField",
     "Call",
@@ -28,6 +29,7 @@ __all__ = [
     "Param",
     "Reply",
     "Route",
+    "check_depth",
     "check_text",
     "parse_body",
     "parse_query",
@@ -37,6 +39,9 @@ PARAM_KINDS: Final = frozenset({"integer", "number", "string", "boolean", "json"
 FIELD_KINDS: Final = frozenset({"string", "object", "any"})
 _PATH_PARAM: Final = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _QUERY_VALUE_LENGTH_MAX: Final = 4096
+JSON_DEPTH_MAX: Final = 64
+"""The deepest nesting of arrays and objects a request's JSON may have (deeper values would
+exhaust the recursion of the layers that encode them)."""
 
 
 @attrs.frozen
@@ -214,6 +219,28 @@ def check_text(value: str, field: str, length_max: int, length_min: int = 1) -> 
     return value
 
 
+def check_depth(value: object, field: str) -> None:
+    """Refuse JSON nested deeper than ``JSON_DEPTH_MAX`` (checked without recursion).
+
+    Raises:
+        ApiError: 422 naming ``field``.
+    """
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > JSON_DEPTH_MAX:
+            raise validation_error(
+                field, f"{field} nests arrays and objects deeper than {JSON_DEPTH_MAX} levels"
+            )
+        pending.extend((child, depth + 1) for child in children)
+
+
 def parse_query(params: tuple[Param, ...], query: MultiMapping[str]) -> dict[str, Any]:
     """The declared query parameters, parsed and checked; unknown or repeated ones are refused.
 
@@ -253,11 +280,13 @@ def _parse_param(param: Param, raw: str) -> Any:
         return value
     if param.kind == "json":
         try:
-            return orjson.loads(raw)
+            value = orjson.loads(raw)
         except orjson.JSONDecodeError as error:
             raise ApiError(
                 400, "malformed_json", f"{name} is not valid JSON: {error}", {"field": name}
             ) from None
+        check_depth(value, name)
+        return value
     return _parse_number(param, raw)
 
 
@@ -300,6 +329,7 @@ def parse_body(body: Body, raw: bytes) -> Any:
             raise ApiError(
                 400, "malformed_json", f"the body is not valid JSON: {error}", {"field": "body"}
             ) from None
+        check_depth(value, "body")
     if not body.fields:
         return value
     if not isinstance(value, dict):
