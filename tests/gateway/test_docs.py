@@ -10,6 +10,7 @@ from tests.support.docs import DOCS, run_code_blocks
 
 
 def test_http_guide_examples_run() -> None:
+    """The guide's Python blocks (serving a node with the gateway) run as written."""
     run_code_blocks("http.md", blocks_min=1)
 
 
