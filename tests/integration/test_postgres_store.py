@@ -363,7 +363,7 @@ async def test_append_values_the_columns_cannot_hold_are_usage_errors(
     store = make_store()
     await store.open()
     lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
-    with pytest.raises(UsageError, match="append_batch.*out of range"):
+    with pytest.raises(UsageError, match=r"append_batch.*out of range"):
         await store.append_batch([request("acct/a", lease.epoch, 0, dedupe_window=2**63)])
     with pytest.raises(UsageError, match="append_batch takes ints"):
         await store.append_batch([request("acct/a", lease.epoch, 0, dedupe_window=1.5)])
