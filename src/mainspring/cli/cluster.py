@@ -120,7 +120,9 @@ def status(url: str, token: str | None, timeout_s: float, as_json: bool) -> None
                 member["node_id"],
                 f"{member['state']}#{member['incarnation']}",
                 "yes" if member["live"] else "no",
-                f"{member['heartbeat_age_ms'] / 1000:.1f}s ago",
+                "-"
+                if member["heartbeat_age_ms"] is None
+                else f"{member['heartbeat_age_ms'] / 1000:.1f}s ago",
                 f"{member['share'] * 100:.1f}%",
                 member["address"],
             )

@@ -13,7 +13,7 @@ from mainspring.errors import UsageError
 __all__ = ["SECRET_LENGTH_MIN", "ClusterConfig"]
 
 SECRET_LENGTH_MIN: Final = 16
-_ADDRESS: Final = re.compile(r"^https?://[^\s/?#]+$")
+_ADDRESS: Final = re.compile(r"^[a-z][a-z0-9+.\-]*://[^\s/?#]+$")
 
 
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -59,6 +59,8 @@ class ClusterConfig:
         forward_timeout_s: the longest a forwarded message is retried while its owner is
             unreachable or changing (an ``ask`` with a shorter timeout gives up sooner).
         virtual_nodes: points per member on the hash ring (the same on every node).
+        transport: how forwarded messages travel (an ``HttpTransport`` over ``secret`` when
+            None; the simulator passes its own).
     """
 
     address: str = attrs.field(validator=_address)
@@ -68,6 +70,7 @@ class ClusterConfig:
     forward_hops_max: int = attrs.field(default=4)
     forward_timeout_s: float = attrs.field(default=30.0, validator=_positive)
     virtual_nodes: int = attrs.field(default=DEFAULT_VIRTUAL_NODES)
+    transport: Any = attrs.field(default=None, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.member_timeout_s < 2 * self.heartbeat_interval_s:

@@ -24,6 +24,8 @@ __all__ = ["Membership"]
 
 log: Final = logging.getLogger(__name__)
 
+_JOIN_TRIES: Final = 6
+
 
 @final
 class Membership:
@@ -59,26 +61,47 @@ class Membership:
         self.ring = HashRing((), virtual_nodes=config.virtual_nodes)
         self.ring_changes = 0
         self._refreshing: asyncio.Task[None] | None = None
+        self._seen: dict[str, tuple[int, int, float]] = {}
+        """Per member: the incarnation and heartbeat last read, and our monotonic time then."""
 
     @property
     def addresses(self) -> Mapping[str, str]:
         """The gateway address of every member, by node id."""
         return {node_id: member.address for node_id, member in self.members.items()}
 
-    def live(self, member: Member, now_ms: int) -> bool:
-        """Whether ``member`` belongs in a view taken at ``now_ms``."""
+    def silence_s(self, member: Member) -> float:
+        """How long ago (by this node's monotonic clock) ``member``'s heartbeat last changed."""
+        seen = self._seen.get(member.node_id)
+        return float("inf") if seen is None else self.clock.monotonic_s() - seen[2]
+
+    def live(self, member: Member) -> bool:
+        """Whether ``member`` belongs in this node's view: it is ``up`` and its heartbeat
+        last changed at most ``member_timeout_s`` ago by this node's monotonic clock (the
+        writer's wall clock, skewed or not, only dates a row seen for the first time)."""
         if member.node_id == self.node_id and self.state != "up":
             return False
-        return (
-            member.state == "up"
-            and now_ms - member.heartbeat_at_ms <= self.config.member_timeout_ms
-        )
+        seen = self._seen.get(member.node_id)
+        if member.state != "up" or seen is None:
+            return False
+        return self.clock.monotonic_s() - seen[2] <= self.config.member_timeout_s
+
+    def _note(self, member: Member) -> None:
+        """Remember when (by our monotonic clock) ``member``'s heartbeat last changed."""
+        seen = self._seen.get(member.node_id)
+        key = (member.incarnation, member.heartbeat_at_ms)
+        if seen is not None and seen[:2] == key:
+            return
+        now_s = self.clock.monotonic_s()
+        if seen is None:
+            # First sight: the row's age by the writer's clock is all we know.
+            age_s = (self.clock.wall_ms() - member.heartbeat_at_ms) / 1000
+            if age_s > self.config.member_timeout_s:
+                now_s -= self.config.member_timeout_s + 1.0
+        self._seen[member.node_id] = (*key, now_s)
 
     async def join(self) -> Member:
         """Register under a new incarnation and read the first view (this node included)."""
-        member = await self.store.join_member(
-            self.node_id, self.config.address, self.clock.wall_ms()
-        )
+        member = await self._join_member()
         assert member.incarnation >= 1, member
         assert member.state == "up", member
         self.incarnation = member.incarnation
@@ -87,6 +110,21 @@ class Membership:
         await self.refresh()
         assert self.node_id in self.ring or self.state != "up", self.ring
         return member
+
+    async def _join_member(self) -> Member:
+        """``join_member``, again after a failure: each try takes a newer incarnation, so one
+        whose acknowledgement was lost costs nothing but a skipped number."""
+        pause_s = 0.1
+        for _ in range(_JOIN_TRIES - 1):
+            try:
+                return await self.store.join_member(
+                    self.node_id, self.config.address, self.clock.wall_ms()
+                )
+            except StoreUnavailable as error:
+                log.warning("MemberJoinFailed", extra={"error": str(error)})
+                await asyncio.sleep(pause_s)
+                pause_s *= 2
+        return await self.store.join_member(self.node_id, self.config.address, self.clock.wall_ms())
 
     async def heartbeat(self, state: str = "up") -> bool:
         """Write this node's heartbeat (and ``state``); False when the row is no longer ours."""
@@ -108,6 +146,8 @@ class Membership:
         """Read the membership table and recompute the ring."""
         rows = await self.store.list_members()
         self.members = {member.node_id: member for member in rows}
+        for member in rows:
+            self._note(member)
         self._recompute()
 
     async def refresh_fresh(self) -> None:
@@ -122,8 +162,7 @@ class Membership:
         await asyncio.shield(task)
 
     def _recompute(self) -> None:
-        now_ms = self.clock.wall_ms()
-        live = {m.node_id for m in self.members.values() if self.live(m, now_ms)}
+        live = {m.node_id for m in self.members.values() if self.live(m)}
         if live == set(self.ring.members):
             return
         previous = sorted(self.ring.members)

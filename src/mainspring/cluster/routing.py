@@ -20,7 +20,7 @@ import hmac
 import logging
 import sys
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
 import aiohttp
 import attrs
@@ -36,7 +36,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DELIVER_PATH",
     "SECRET_HEADER",
+    "ForwardTransport",
     "ForwardingFailed",
+    "HttpTransport",
     "RemoteError",
     "Router",
     "RoutingStatistics",
@@ -146,6 +148,93 @@ def decode_error(data: Mapping[str, Any]) -> BaseException:
     return error
 
 
+class ForwardTransport(Protocol):
+    """Carries a forwarded message to the node at ``address`` (HTTP between processes; the
+    simulator supplies one over its simulated network)."""
+
+    def start(self) -> None:
+        """Get ready to send (called when the node starts)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections (called when the node stops)."""
+        ...
+
+    async def post(self, source: str, address: str, item: dict[str, Any]) -> dict[str, Any] | None:
+        """The receiver's outcome (``{"ok": ...}``), or None when the message provably was
+        not accepted (so it may be sent again).
+
+        Raises:
+            ForwardingFailed: the outcome is unknown (the link broke after sending) and the
+                message has no id to make sending it again safe.
+        """
+        ...
+
+
+@final
+class HttpTransport:
+    """Posts forwarded messages to ``address + DELIVER_PATH`` with the cluster secret.
+
+    Args:
+        secret: the shared cluster secret.
+        connections_per_node: the pool's bound of connections to one node.
+    """
+
+    def __init__(self, secret: str, *, connections_per_node: int = 64) -> None:
+        self._secret = secret
+        self._connections_per_node = connections_per_node
+        self._session: aiohttp.ClientSession | None = None
+
+    def start(self) -> None:
+        """Open the HTTP client session."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit_per_host=self._connections_per_node)
+            )
+
+    async def close(self) -> None:
+        """Close the session."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def post(self, source: str, address: str, item: dict[str, Any]) -> dict[str, Any] | None:
+        """See ``ForwardTransport.post``."""
+        session = self._session
+        if session is None:
+            raise NodeClosed(f"node {source!r} is not routing (stopped)")
+        try:
+            async with session.post(
+                address + DELIVER_PATH,
+                data=orjson.dumps(item),
+                headers={SECRET_HEADER: self._secret, "Content-Type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=2.0),
+            ) as response:
+                body = await response.read()
+                status = response.status
+        except aiohttp.ClientConnectorError:
+            return None
+        except aiohttp.ClientError as error:
+            # The request may have been accepted before the link broke: only a message with an
+            # id can safely be sent again (the receiver deduplicates it).
+            if item["message_id"] is not None:
+                return None
+            raise ForwardingFailed(
+                f"the link to {address} broke while forwarding ({error}); the message may or "
+                "may not have been handled"
+            ) from error
+        if status == 503:
+            return None  # the gateway is stopping and accepted nothing
+        if status != 200:
+            raise ForwardingFailed(
+                f"{address} answered the forwarded message with HTTP {status}: "
+                f"{body[:200].decode('utf-8', 'replace')}"
+            )
+        outcome = orjson.loads(body)
+        assert isinstance(outcome, dict), outcome
+        return outcome
+
+
 @final
 class Router:
     """Decides where each message is handled and carries it there.
@@ -162,7 +251,9 @@ class Router:
         self.config: Final = config
         self.node_id: Final = host.node_id
         self.statistics: Final = RoutingStatistics()
-        self._session: aiohttp.ClientSession | None = None
+        self.transport: Final[ForwardTransport] = (
+            config.transport if config.transport is not None else HttpTransport(config.secret)
+        )
         self._in_flight: set[asyncio.Task[None]] = set()
         self._secret: Final = config.secret.encode("utf-8")
 
@@ -193,23 +284,17 @@ class Router:
     # Sending ----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Open the HTTP client the forwards go through."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit_per_host=64),
-                json_serialize=lambda value: orjson.dumps(value).decode(),
-            )
+        """Get the transport the forwards go through ready."""
+        self.transport.start()
 
     async def close(self, timeout_s: float) -> None:
-        """Let forwards in flight finish (up to ``timeout_s``), then close the client."""
+        """Let forwards in flight finish (up to ``timeout_s``), then close the transport."""
         if self._in_flight:
             _, pending = await asyncio.wait(set(self._in_flight), timeout=timeout_s)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        await self.transport.close()
 
     def forward(
         self,
@@ -322,41 +407,12 @@ class Router:
     async def _post(self, address: str, item: dict[str, Any]) -> dict[str, Any] | None:
         """The owner's answer, or None when it proves the message was not accepted (so it may
         be sent again): refused connection, a gateway or node that is stopping."""
-        session = self._session
-        if session is None:
-            raise NodeClosed(f"node {self.node_id!r} is not routing (stopped)")
         clock = self.host.clock
         started_s = clock.monotonic_s()
         self.statistics.forwarded += 1
-        try:
-            async with session.post(
-                address + DELIVER_PATH,
-                data=orjson.dumps(item),
-                headers={SECRET_HEADER: self.config.secret, "Content-Type": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=2.0),
-            ) as response:
-                body = await response.read()
-                status = response.status
-        except aiohttp.ClientConnectorError:
+        outcome = await self.transport.post(self.node_id, address, item)
+        if outcome is None:
             return None
-        except aiohttp.ClientError as error:
-            # The request may have been accepted before the link broke: only a message with an
-            # id can safely be sent again (the receiver deduplicates it).
-            if item["message_id"] is not None:
-                return None
-            raise ForwardingFailed(
-                f"the link to {address} broke while forwarding ({error}); the message may or "
-                "may not have been handled"
-            ) from error
-        if status == 503:
-            return None  # the gateway is stopping and accepted nothing
-        if status != 200:
-            raise ForwardingFailed(
-                f"{address} answered the forwarded message with HTTP {status}: "
-                f"{body[:200].decode('utf-8', 'replace')}"
-            )
-        outcome = orjson.loads(body)
-        assert isinstance(outcome, dict), outcome
         if not outcome.get("ok") and outcome.get("retry"):
             return None  # the receiving node was stopping before it accepted the message
         latencies = self.statistics.forward_latency_s

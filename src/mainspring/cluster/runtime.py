@@ -79,7 +79,6 @@ class Cluster:
 
     def describe(self) -> dict[str, Any]:
         """Members, their state and key share, as this node sees them (``GET /v1/cluster``)."""
-        now_ms = self.host.clock.wall_ms()
         shares = self.ring.shares()
         members = [
             {
@@ -87,8 +86,8 @@ class Cluster:
                 "address": member.address,
                 "incarnation": member.incarnation,
                 "state": member.state,
-                "live": self.membership.live(member, now_ms),
-                "heartbeat_age_ms": now_ms - member.heartbeat_at_ms,
+                "live": self.membership.live(member),
+                "heartbeat_age_ms": _age_ms(self.membership.silence_s(member)),
                 "share": shares.get(member.node_id, 0.0),
             }
             for member in sorted(self.membership.members.values(), key=lambda m: m.node_id)
@@ -110,3 +109,7 @@ class Cluster:
                 "lease_waits": statistics.lease_waits,
             },
         }
+
+
+def _age_ms(silence_s: float) -> int | None:
+    return None if silence_s == float("inf") else int(silence_s * 1000)

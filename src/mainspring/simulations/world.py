@@ -32,6 +32,7 @@ import attrs
 from mainspring import crashpoints
 from mainspring.actors.actor import Actor
 from mainspring.actors.workflow import _CURRENT_STEP, WorkflowDefinition
+from mainspring.cluster.config import ClusterConfig
 from mainspring.config import NodeConfig
 from mainspring.node import Node
 from mainspring.persistence.memory import MemoryStore
@@ -149,6 +150,7 @@ class _SimNode:
     clock: SimClock
     tag: NodeTag
     node: Node | None = None
+    cluster: ClusterConfig | None = None
     state: str = "starting"  # starting, running, stopping, crashed, stopped
     restart_after_crash: bool = False
     waiters: list[asyncio.Future[Any]] = attrs.Factory(list)
@@ -348,6 +350,16 @@ class World:
             raise NodeDown(f"node {name!r} is not running ({state})")
         return entry.node
 
+    async def in_node(self, name: str, work: Callable[[], Coroutine[Any, Any, T]], what: str) -> T:
+        """Run ``work()`` in a task of running node ``name``, as a request it received would
+        run (a crash of the node cuts it short).
+
+        Raises:
+            NodeDown: the node is not running, or crashed before ``work`` finished.
+        """
+        self.node(name)
+        return await self._in_node(self._nodes[name], work, what)
+
     def node_names(self) -> list[str]:
         """Every node name started in this run, in first-start order."""
         return list(self._nodes)
@@ -383,6 +395,7 @@ class World:
         offset_ms: int | None = None,
         drift_ppm: int | None = None,
         workflows: Sequence[WorkflowDefinition[Any, Any]] = (),
+        cluster: ClusterConfig | None = None,
     ) -> Node:
         """Start a real ``Node`` called ``name`` with its own clock, randomness and ids.
 
@@ -397,6 +410,7 @@ class World:
                 profile's clock faults, else 0).
             drift_ppm: how fast this node's clock runs (default: drawn, else 0).
             workflows: the workflow definitions it runs.
+            cluster: run it as a cluster member (see ``mainspring.simulations.cluster``).
         """
         if name in self._nodes:
             raise SimulationError(f"node {name!r} exists; use restart() after a crash")
@@ -415,6 +429,7 @@ class World:
             config=self.node_config(config),
             clock=SimClock(self.loop, name, offset_ms=offset_ms, drift_ppm=drift_ppm),
             tag=self.loop.new_node_tag(name),
+            cluster=cluster,
         )
         self._nodes[name] = entry
         if offset_ms or drift_ppm:
@@ -438,6 +453,7 @@ class World:
             clock=entry.clock,
             random=SimRandom(self.seed, "node", entry.name, str(tag.incarnation), "random"),
             ids=SimIds(self.seed, "node", entry.name, str(tag.incarnation), "ids"),
+            cluster=entry.cluster,
         )
         entry.node = node
         entry.state = "starting"
