@@ -19,6 +19,7 @@ from mainspring.simulations import run_checks, run_simulation
 from mainspring.simulations.cluster import cluster_config
 from mainspring.simulations.faults import StoreFaults
 from mainspring.simulations.loop import SimulationError
+from mainspring.simulations.network import NetworkFaults
 from mainspring.simulations.profile import FaultProfile
 from mainspring.simulations.world import World
 from tests.support.accounts import Account, Deposit, GetBalance
@@ -175,4 +176,19 @@ def test_members_join_and_leave_under_load_with_store_faults(seed: int) -> None:
         await load(world, ledger, 30, "joined")
 
     profile = FaultProfile(store=StoreFaults(error_before_commit=0.02, lost_ack=0.02))
+    simulate(seed, middle, profile)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_lossy_network_with_crashes_and_perturbed_interleavings(seed: int) -> None:
+    async def middle(world: World, ledger: Ledger) -> None:
+        world.crash(NODES[(seed + 1) % 3])
+        await load(world, ledger, 30, "lossy")
+        await world.restart(NODES[(seed + 1) % 3])
+
+    profile = FaultProfile(
+        network=NetworkFaults(drop=0.05, reply_drop=0.05, duplicate=0.05, delay_ms_max=20),
+        store=StoreFaults(error_before_commit=0.02, lost_ack=0.02, latency_ms_max=5),
+        perturb=True,
+    )
     simulate(seed, middle, profile)

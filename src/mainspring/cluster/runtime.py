@@ -107,9 +107,19 @@ class Cluster:
                 "received": statistics.received,
                 "hand_offs": statistics.hand_offs,
                 "lease_waits": statistics.lease_waits,
+                "forward_p50_ms": _percentile_ms(statistics.forward_latency_s, 0.50),
+                "forward_p99_ms": _percentile_ms(statistics.forward_latency_s, 0.99),
             },
         }
 
 
 def _age_ms(silence_s: float) -> int | None:
     return None if silence_s == float("inf") else int(silence_s * 1000)
+
+
+def _percentile_ms(samples: list[float], fraction: float) -> float | None:
+    """The ``fraction`` percentile of ``samples`` (seconds) in milliseconds; None if empty."""
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000, 3)
