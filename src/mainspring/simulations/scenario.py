@@ -195,7 +195,18 @@ class Scenario:
 
 
 @overload
-def scenario(function: Workload, /) -> Scenario: ...
+def scenario(
+    function: Workload,
+    /,
+    *,
+    name: str | None = None,
+    invariants: Sequence[Checker] = (),
+    settle: Settle | None = None,
+    liveness_s: float = LIVENESS_S_DEFAULT,
+    profile: ProfilePolicy | None = None,
+    sometimes: Sequence[str] = (),
+    seeds: int = 100,
+) -> Scenario: ...
 
 
 @overload
@@ -225,7 +236,8 @@ def scenario(
 ) -> Scenario | Callable[[Workload], Scenario]:
     """Turn ``async def name(world)`` into a ``Scenario`` (see its attributes).
 
-    Use it bare (``@scenario``) or with options (``@scenario(sometimes=(...), seeds=50)``).
+    Use it bare (``@scenario``), with options (``@scenario(sometimes=(...), seeds=50)``), or as
+    a call (``scenario(workload, settle=..., name=...)``).
     The name defaults to the function's name; the description to its docstring's first line.
     """
 
