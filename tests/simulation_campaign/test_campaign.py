@@ -141,6 +141,12 @@ def test_regression_lines_parse_and_refuse_what_is_malformed() -> None:
         parse_regressions('a.b:c 3 {"bogus": 1}', "x.txt")
 
 
+def test_one_seed_gives_one_trace_in_another_process_too() -> None:
+    report = check_determinism(scenarios.sound, 3, target=f"{TARGET}:sound")
+    assert report.ok, report
+    assert report.events[0] > 100
+
+
 def test_one_seed_gives_one_trace() -> None:
     report = check_determinism(scenarios.sound, 2)
     assert report.ok, report

@@ -207,7 +207,7 @@ def _check_determinism(
     for target in targets:
         scenario = _load(target)
         for seed in seeds:
-            result = check_determinism(scenario, seed, profile=profile)
+            result = check_determinism(scenario, seed, profile=profile, target=target)
             if as_json:
                 _json_line(
                     {
@@ -296,7 +296,9 @@ def _check_determinism(
     help="Log level of the simulated nodes (their injected failures are logged as errors).",
 )
 @click.option(
-    "--check-determinism", is_flag=True, help="Run each seed twice and compare the trace digests."
+    "--check-determinism",
+    is_flag=True,
+    help="Run each seed here and in a fresh process; compare the trace digests.",
 )
 def simulate(
     targets: tuple[str, ...],

@@ -12,8 +12,11 @@ were meant to exercise.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -469,17 +472,65 @@ class DeterminismReport:
 
 
 def check_determinism(
-    scenario: Scenario, seed: int, *, profile: FaultProfile | None = None
+    scenario: Scenario,
+    seed: int,
+    *,
+    profile: FaultProfile | None = None,
+    target: str | None = None,
 ) -> DeterminismReport:
-    """Run ``seed`` twice in this process and compare the trace digests (a failing seed is
-    compared up to its failure)."""
+    """Run ``seed`` twice and compare the trace digests (a failing seed is compared up to its
+    failure).
+
+    With ``target`` (``MODULE:NAME``, importable from the current directory) the second run
+    happens in a fresh Python process with another ``PYTHONHASHSEED``, so that anything
+    depending on string hashing, object addresses or state left by the first run shows up;
+    without it both runs happen in this process.
+    """
     first = run_seed(scenario, seed, profile=profile)
-    second = run_seed(scenario, seed, profile=profile)
+    if target is None:
+        second = run_seed(scenario, seed, profile=profile)
+        other = (second.trace_digest, second.events)
+    else:
+        other = _digest_in_a_fresh_process(target, seed, profile)
     return DeterminismReport(
         seed=seed,
-        digests=(first.trace_digest, second.trace_digest),
-        events=(first.events, second.events),
+        digests=(first.trace_digest, other[0]),
+        events=(first.events, other[1]),
     )
+
+
+_FRESH_RUN: Final = """
+import json, logging, sys
+logging.disable(logging.CRITICAL)
+from mainspring.simulations.campaign import run_seed
+from mainspring.simulations.profile import FaultProfile
+from mainspring.simulations.scenario import load_scenario
+target, seed, profile = json.loads(sys.argv[1])
+profile = None if profile is None else FaultProfile.from_json(profile)
+run = run_seed(load_scenario(target), seed, profile=profile)
+print(json.dumps([run.trace_digest, run.events]))
+"""
+
+
+def _digest_in_a_fresh_process(
+    target: str, seed: int, profile: FaultProfile | None
+) -> tuple[str, int]:
+    argument = json.dumps([target, seed, None if profile is None else profile.to_json()])
+    environment = {**os.environ, "PYTHONHASHSEED": "20261121"}
+    done = subprocess.run(  # noqa: S603 - our own interpreter and code, no shell
+        [sys.executable, "-c", _FRESH_RUN, argument],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"the fresh process replaying {target} seed {seed} failed "
+            f"(exit {done.returncode}): {done.stderr.strip()[-2000:]}"
+        )
+    digest, events = json.loads(done.stdout.strip().splitlines()[-1])
+    return str(digest), int(events)
 
 
 # Regression seeds -------------------------------------------------------------------------------
