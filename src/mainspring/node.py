@@ -9,6 +9,7 @@ mailbox, snapshots and releases leases, and closes the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Callable, Coroutine, Sequence
@@ -264,7 +265,15 @@ class Node:
                         "WorkflowsRecovered", extra={"node_id": self.node_id, "workflows": woken}
                     )
                 skip_live = True
-            await asyncio.sleep(self.config.workflow_recovery_interval_s)
+            if self.cluster is None:
+                await asyncio.sleep(self.config.workflow_recovery_interval_s)
+            else:
+                # A ring change wakes it early: workflows handed to this node mid-step have
+                # no message coming to wake them.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.config.workflow_recovery_interval_s):
+                        await self.cluster.ring_changed.wait()
+                self.cluster.ring_changed.clear()
 
     async def _count_workflows(self, interval_s: float) -> None:
         """Keep ``mainspring_workflows`` (counts by status from the instance index) fresh, from

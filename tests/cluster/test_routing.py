@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import attrs
 import orjson
 import pytest
 
+import mainspring
 from mainspring.cluster.routing import (
     DELIVER_PATH,
     SECRET_HEADER,
@@ -27,7 +29,7 @@ from mainspring.cluster.routing import (
 from mainspring.errors import CommandRejected, LeaseHeld, UnknownActorType, WorkflowNotFound
 from mainspring.persistence.sqlite import SqliteStore
 from mainspring.persistence.store import stream_id_of
-from tests.cluster.harness import SECRET, Member, converged, eventually, start_member
+from tests.cluster.harness import FAST, SECRET, Member, converged, eventually, start_member
 from tests.support.accounts import (
     Account,
     Deposit,
@@ -346,3 +348,45 @@ async def test_cluster_status_command_and_metrics(
     assert forwards
     assert float(forwards[0].split()[1]) > 0
     assert "mainspring_cluster_ring_changes_total" in text
+
+
+async def _slow_step(n: int) -> int:
+    await asyncio.sleep(0.5)
+    return n * 2
+
+
+@mainspring.workflow("test.cluster.slow")
+async def slow_workflow(ctx: mainspring.WorkflowContext, n: int) -> int:
+    first: int = await ctx.step(_slow_step, n)
+    second: int = await ctx.step(_slow_step, first)
+    return second
+
+
+async def test_workflows_handed_off_mid_step_finish_on_their_new_owner(tmp_path: Path) -> None:
+    path = str(tmp_path / "cluster.db")
+    # Recovery scans are far apart: the periodic scan does not rescue the handed-off workflows.
+    config = attrs.evolve(FAST, workflow_recovery_interval_s=600.0)
+    members = [
+        await start_member(f"node-{n}", SqliteStore(path), config=config, workflows=[slow_workflow])
+        for n in range(2)
+    ]
+    try:
+        await converged(members)
+        ids = [f"wf-{n}" for n in range(16)]
+        for n, workflow_id in enumerate(ids):
+            await members[n % 2].node.workflows.start(slow_workflow, workflow_id, n)
+        await asyncio.sleep(0.2)  # every first step is running
+        joined = await start_member(
+            "node-2", SqliteStore(path), config=config, workflows=[slow_workflow]
+        )
+        members.append(joined)
+        await converged(members)
+        results = await asyncio.gather(
+            *(members[0].node.workflows.result(w, timeout_s=30) for w in ids)
+        )
+        assert results == [n * 4 for n in range(16)]
+        handed = sum(m.node.cluster.router.statistics.hand_offs for m in members if m.node.cluster)
+        assert handed > 0, "the join handed nothing off"
+    finally:
+        for member in members:
+            await member.stop()

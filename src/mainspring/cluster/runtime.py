@@ -41,6 +41,8 @@ class Cluster:
         )
         self.router: Final = Router(host, self.membership, config)
         self._task: asyncio.Task[None] | None = None
+        self.ring_changed: Final = asyncio.Event()
+        """Set at every ring change (the node then wakes the running workflows it gained)."""
 
     @property
     def ring(self) -> HashRing:
@@ -72,6 +74,7 @@ class Cluster:
         self.host.router = None
 
     def _ring_changed(self, ring: HashRing) -> None:
+        self.ring_changed.set()
         handed = self.host.hand_off()
         self.router.statistics.hand_offs += handed
         if handed:
