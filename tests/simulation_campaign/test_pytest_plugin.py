@@ -102,6 +102,9 @@ def test_sim_seeds_scales_and_sim_seed_replays_one_seed(pytester: pytest.Pyteste
     one.stdout.fnmatch_lines(["*breaks_on_seed_6: 1 seeds, 1 failed [[]6[]]*"])
     strict = pytester.runpytest("-p", "no:cacheprovider", "--sim-strict", "-k", "lenient")
     strict.assert_outcomes(failed=1)
+    shrunk = pytester.runpytest("-p", "no:cacheprovider", "--sim-shrink", "-k", "failing")
+    shrunk.assert_outcomes(failed=1)
+    shrunk.stdout.fnmatch_lines(["*SHRUNK seed 6 [[]planted[]] in * runs*"])
 
 
 def test_the_marker_refuses_unknown_options(pytester: pytest.Pytester) -> None:

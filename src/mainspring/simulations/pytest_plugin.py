@@ -1,6 +1,6 @@
 """The pytest plugin of the simulator (registered through the ``pytest11`` entry point).
 
-It gives tests the ``simulate`` fixture, the ``simulation`` marker and four options::
+It gives tests the ``simulate`` fixture, the ``simulation`` marker and five options::
 
     @pytest.mark.simulation(seeds=50)
     def test_orders(simulate):
@@ -9,6 +9,7 @@ It gives tests the ``simulate`` fixture, the ``simulation`` marker and four opti
 - ``--sim-seeds N``: run N seeds per simulation instead of what the marker or scenario says;
 - ``--sim-seed S``: run only seed S (to replay a failure);
 - ``--sim-trace-dir DIR``: write the whole trace of each failing seed there;
+- ``--sim-shrink``: shrink the first failing seed's profile and report its replay command;
 - ``--sim-strict``: fail when an expected ``sometimes`` target never fired.
 
 The plugin loads in every pytest run of an environment where mainspring is installed, so it
@@ -53,6 +54,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="DIR",
         help="write the whole trace of each failing seed to DIR",
+    )
+    group.addoption(
+        "--sim-shrink",
+        action="store_true",
+        default=False,
+        help="shrink the first failing seed's fault profile and report its replay command",
     )
     group.addoption(
         "--sim-strict",
@@ -134,6 +141,10 @@ def simulate(request: pytest.FixtureRequest) -> Callable[..., CampaignReport]:
         )
         if not report.ok(strict=be_strict and only is None):
             lines = [failure.report() for failure in report.failures[:_REPORTS_SHOWN]]
+            if report.failures and config.getoption("--sim-shrink"):
+                from mainspring.simulations.shrink import shrink
+
+                lines.append(shrink(loaded, report.failures[0], target=target).report())
             if len(report.failures) > _REPORTS_SHOWN:
                 lines.append(f"... and {len(report.failures) - _REPORTS_SHOWN} more")
             if report.too_gentle:
