@@ -26,7 +26,13 @@ from mainspring.cluster.routing import (
     decode_error,
     encode_error,
 )
-from mainspring.errors import CommandRejected, LeaseHeld, UnknownActorType, WorkflowNotFound
+from mainspring.errors import (
+    CodecError,
+    CommandRejected,
+    LeaseHeld,
+    UnknownActorType,
+    WorkflowNotFound,
+)
 from mainspring.persistence.sqlite import SqliteStore
 from mainspring.persistence.store import stream_id_of
 from tests.cluster.harness import FAST, SECRET, Member, converged, eventually, start_member
@@ -387,6 +393,46 @@ async def test_workflows_handed_off_mid_step_finish_on_their_new_owner(tmp_path:
         assert results == [n * 4 for n in range(16)]
         handed = sum(m.node.cluster.router.statistics.hand_offs for m in members if m.node.cluster)
         assert handed > 0, "the join handed nothing off"
+    finally:
+        for member in members:
+            await member.stop()
+
+
+@attrs.frozen
+class Ping:
+    """A message class deliberately left out of the codec registry."""
+
+    n: int
+
+
+class Echo(mainspring.Actor[int]):
+    type_name = "test-echo"
+    initial_state = 0
+
+    @mainspring.handler
+    def ping(self, ctx: mainspring.ActorContext[int], message: Ping) -> int:
+        return message.n
+
+    def evolve(self, state: int, event: object) -> int:
+        return state
+
+
+async def test_an_unregistered_message_class_is_refused_before_it_is_forwarded(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "cluster.db")
+    members = [
+        await start_member(f"node-{n}", SqliteStore(path), actors=[Account, Echo]) for n in range(2)
+    ]
+    try:
+        await converged(members)
+        ring = members[0].node.cluster.ring if members[0].node.cluster else None
+        assert ring is not None
+        remote = next(i for i in map(str, range(100)) if ring.owner(f"test-echo/{i}") == "node-1")
+        local = next(i for i in map(str, range(100)) if ring.owner(f"test-echo/{i}") == "node-0")
+        assert await members[0].node.ask(Echo, local, Ping(3)) == 3
+        with pytest.raises(CodecError, match="register its class"):
+            await members[0].node.ask(Echo, remote, Ping(3))
     finally:
         for member in members:
             await member.stop()

@@ -28,7 +28,14 @@ import orjson
 
 from mainspring.cluster.config import ClusterConfig
 from mainspring.cluster.membership import Membership
-from mainspring.errors import LeaseHeld, MainspringError, NodeClosed, StoreUnavailable, UsageError
+from mainspring.errors import (
+    CodecError,
+    LeaseHeld,
+    MainspringError,
+    NodeClosed,
+    StoreUnavailable,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from mainspring.actors.host import ActorHost
@@ -56,6 +63,7 @@ SECRET_HEADER: Final = "X-Mainspring-Cluster-Secret"  # noqa: S105 (a header nam
 _RETRY_PAUSE_S: Final = 0.05
 _RETRY_PAUSE_MAX_S: Final = 1.0
 _LEASE_POLL_S: Final = 0.1
+_PLAIN_JSON: Final = (dict, list, str, int, float, bool, type(None))
 
 
 class ForwardingFailed(MainspringError):
@@ -312,6 +320,12 @@ class Router:
             CodecError: the message cannot be encoded as JSON.
         """
         envelope = self.host.codec.to_value(message)  # fails fast, before anything is sent
+        if "t" not in envelope and not isinstance(message, _PLAIN_JSON):
+            raise CodecError(
+                f"a {type(message).__qualname__} message cannot travel to the node that owns "
+                f"{actor_type}/{actor_id}: register its class with @mainspring.message so the "
+                "other node can decode it"
+            )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] | None = loop.create_future() if want_reply else None
         item = {
