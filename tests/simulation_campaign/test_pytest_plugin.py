@@ -122,6 +122,18 @@ def test_the_marker_refuses_unknown_options(pytester: pytest.Pytester) -> None:
     assert result.ret != 0
 
 
+def test_an_async_test_is_told_to_be_a_plain_function(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_async="""
+        async def test_inside_a_loop(simulate):
+            simulate("tests_do_not_exist:x")
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["*simulate() runs its own event loop; call it from a plain*"])
+    assert result.ret != 0
+
+
 def test_the_plugin_registers_its_options(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--help")
     result.stdout.fnmatch_lines(["*--sim-seeds=N*", "*--sim-seed=S*", "*--sim-trace-dir=DIR*"])

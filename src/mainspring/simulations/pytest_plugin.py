@@ -78,6 +78,16 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def _in_a_running_loop() -> bool:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _marker_options(request: pytest.FixtureRequest) -> dict[str, Any]:
     marker = request.node.get_closest_marker("simulation")
     if marker is None:
@@ -118,6 +128,11 @@ def simulate(request: pytest.FixtureRequest) -> Callable[..., CampaignReport]:
         profile: FaultProfile | None = None,
         strict: bool | None = None,
     ) -> CampaignReport:
+        if _in_a_running_loop():
+            raise pytest.UsageError(
+                f"{request.node.nodeid}: simulate() runs its own event loop; call it from a "
+                "plain `def test_...`, not an `async def` test"
+            )
         target = scenario if isinstance(scenario, str) else None
         loaded = load_scenario(scenario) if isinstance(scenario, str) else scenario
         if not isinstance(loaded, Scenario):
