@@ -40,6 +40,10 @@ _STATUS_CODES: Final = {
     405: "method_not_allowed",
     413: "body_too_large",
 }
+_REQUEST_LINE_BYTES_MAX: Final = 65536
+"""The longest request line the HTTP parser reads (aiohttp's default, 8190, is shorter than a
+path with two percent-encoded ids of the longest length allowed, which must get a JSON 422)."""
+_HEADER_BYTES_MAX: Final = 16384
 _SHUTDOWN_GRACE_S: Final = 0.5
 """After the drain deadline, how long aiohttp waits before cancelling what still runs."""
 
@@ -261,7 +265,13 @@ class Gateway:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise UsageError(f"port must be an int in 0..65535, got {port!r}")
         self._draining.clear()
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=_SHUTDOWN_GRACE_S)
+        runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            shutdown_timeout=_SHUTDOWN_GRACE_S,
+            max_line_size=_REQUEST_LINE_BYTES_MAX,
+            max_field_size=_HEADER_BYTES_MAX,
+        )
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         try:
