@@ -254,3 +254,16 @@ async def test_a_stopped_gateway_starts_again() -> None:
         finally:
             await gateway.stop()
         assert first.startswith("http://127.0.0.1:")
+
+
+async def test_the_longest_hostile_paths_get_the_envelope(served_memory: Served) -> None:
+    """Two path segments of 600 four-byte characters (over 14 KB percent-encoded, beyond
+    aiohttp's default request-line limit) still reach the gateway and get a JSON 422."""
+    import urllib.parse
+
+    segment = urllib.parse.quote("😀" * 600, safe="")
+    path = f"/v1/workflows/{segment}/signals/{segment}"
+    assert len(path) > 14_000
+    status, body, _ = await served_memory.call("POST", path, json=1)
+    assert status == 422, body
+    assert error_of(body)["details"]["field"] == "id"
