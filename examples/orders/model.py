@@ -26,9 +26,10 @@ How an order ends
     compensated the same way, then the ``CancelledError`` is re-raised.
 
 Compensation
-    Every reservation and charge that succeeded registers its undo with the saga helper
-    (``ctx.saga()``): ``ctx.ask(Inventory, sku, Release(...))``, registered as workflow code
-    with ``saga.add_code`` (exactly once, like every ``ctx.ask``), and ``refund_charge`` (a
+    Every reservation and charge registers its undo with the saga helper (``ctx.saga()``):
+    ``ctx.ask(Inventory, sku, Release(...))``, registered as workflow code with
+    ``saga.add_code`` (exactly once, like every ``ctx.ask``) before the reservation is asked for
+    (a reservation whose ask failed may have held the units anyway), and ``refund_charge`` (a
     refund keyed by its own step's key). A charge whose step failed after transient errors may
     still have taken effect (a timed-out request), so it registers a refund too: the refund of a
     charge that never happened answers 404, which counts as nothing to refund.
@@ -413,9 +414,12 @@ async def order(ctx: WorkflowContext, order: OrderInput) -> dict[str, Any]:
                 task.exception()  # retrieved: the caller saw or handles it
 
     async def reserve(item: OrderItem) -> None:
-        await ctx.ask(Inventory, item.sku, Reserve(order.order_id, item.qty))
+        # The release is registered before the ask: an ask that fails after its effect (it
+        # timed out, or the node crashed before the reply was recorded) may hold the units all
+        # the same, and a release gives back whatever the order holds, or nothing.
         release = Release(order.order_id)
         saga.add_code(functools.partial(ctx.ask, retry=UNTIL_DONE), Inventory, item.sku, release)
+        await ctx.ask(Inventory, item.sku, Reserve(order.order_id, item.qty))
 
     async def charge() -> dict[str, Any]:
         try:
