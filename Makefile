@@ -31,8 +31,8 @@ demo: $(STAMP)
 	$(BIN)/python -m examples.orders
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check src tests bench examples simulations
+	$(BIN)/ruff format --check src tests bench examples simulations
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src

@@ -56,10 +56,10 @@ from mainspring.actors.workflow import (
 )
 from mainspring.actors.workflow_loop import WorkflowLoop
 from mainspring.codec import Registry
-from mainspring.crashpoints import crash_point, step_call
 from mainspring.codec import event as register_event
 from mainspring.codec import message as register_message
 from mainspring.codec import state as register_state
+from mainspring.crashpoints import crash_point, step_call
 from mainspring.errors import (
     CodecError,
     CommandRejected,
