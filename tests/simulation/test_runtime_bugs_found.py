@@ -14,7 +14,7 @@ import pytest
 import mainspring
 from mainspring import WorkflowContext
 from mainspring.errors import LeaseHeld, StoreUnavailable
-from mainspring.simulations import SimulationStuck, World, run_simulation
+from mainspring.simulations import World, run_simulation
 from tests.simulation.scenarios import SIM_CONFIG
 
 POLLING = attrs.evolve(SIM_CONFIG, timer_poll_interval_s=0.5)
@@ -26,16 +26,6 @@ async def nap(ctx: WorkflowContext, _: None) -> str:
     return "rested"
 
 
-@pytest.mark.xfail(
-    raises=SimulationStuck,
-    strict=True,
-    reason=(
-        "TimerScanner.run (actors/scans.py) rescans at once after firing due reminders, even when "
-        "every delivery was deferred (LeaseHeld: another node owns the actor): a node whose "
-        "clock is ahead of the owner's spins on the store until the owner's clock reaches the "
-        "deadline (a busy loop in production; virtual time never advances in the simulator)"
-    ),
-)
 def test_a_reminder_due_on_a_node_whose_clock_is_ahead_does_not_spin() -> None:
     async def scenario(world: World) -> str:
         store = world.sqlite_store()
@@ -49,15 +39,6 @@ def test_a_reminder_due_on_a_node_whose_clock_is_ahead_does_not_spin() -> None:
     assert run_simulation(0, scenario, max_steps=50_000).value == "rested"
 
 
-@pytest.mark.xfail(
-    raises=SimulationStuck,
-    strict=True,
-    reason=(
-        "The same TimerScanner loop, worse: when the owner of an actor crashes, every other "
-        "node spins on its due reminders (LeaseHeld) until the crashed owner's lease expires, "
-        "a whole lease TTL of busy loop against the store"
-    ),
-)
 def test_reminders_of_a_crashed_owner_wait_for_its_lease_without_spinning() -> None:
     config = attrs.evolve(POLLING, lease_ttl_s=60.0, lease_renew_interval_s=20.0)
 

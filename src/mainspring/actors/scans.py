@@ -104,10 +104,12 @@ class TimerScanner:
                 self._statistics.timer_lag_ms = max(now_ms - due[0].due_at_ms, 0) if due else 0
                 # In a cluster each node fires only the timers of the actors it owns.
                 owned = [timer for timer in due if host.owns(timer.stream_id)]
-                if owned:
-                    await asyncio.gather(*(self._fire(timer) for timer in owned))
-                    continue
-                # Timers due but owned elsewhere: their owners fire them; look again later.
+                fired = await asyncio.gather(*(self._fire(timer) for timer in owned))
+                if any(fired):
+                    continue  # more may be due behind them
+                # Nothing fired: the due timers are owned elsewhere, or every delivery was
+                # deferred (the actor's lease is held by another node, say, until it expires).
+                # Look again after the poll interval, not at once: that would spin on the store.
                 next_due_ms = None if due else await host.store.next_timer_due_ms()
             except StoreUnavailable as error:
                 log.warning("TimerScanFailed", extra={"error": str(error)})
@@ -119,7 +121,8 @@ class TimerScanner:
             await self._waker.wait(wait_s)
             self._planned_wake_ms = None
 
-    async def _fire(self, timer: Timer) -> None:
+    async def _fire(self, timer: Timer) -> bool:
+        """Deliver one reminder; False when the delivery was deferred (it stays due)."""
         host = self._host
         actor_type, actor_id = split_stream_id(timer.stream_id)
         try:
@@ -136,7 +139,7 @@ class TimerScanner:
         except _RETRYABLE as error:
             # Left in place: the next scan fires it again.
             log.debug("ReminderDeferred", extra={"stream_id": timer.stream_id, "error": str(error)})
-            return
+            return False
         except (UnknownActorType, CodecError, CommandRejected, Exception) as error:
             self._statistics.reminders_failed += 1
             log.error(
@@ -147,6 +150,7 @@ class TimerScanner:
         else:
             self._statistics.reminders_fired += 1
         await host.store.delete_timer(timer.stream_id, timer.name, timer.due_at_ms)
+        return True
 
 
 @final
