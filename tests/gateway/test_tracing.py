@@ -51,3 +51,36 @@ async def test_a_server_span_per_request() -> None:
         ("GET /v1/workflows", "/v1/workflows", "GET", 401),
     ]
     assert all(span.status.status_code != StatusCode.ERROR for span in server_spans)
+
+
+async def test_a_client_traceparent_makes_the_request_part_of_its_trace() -> None:
+    """A request carrying a W3C ``traceparent`` header is served in the client's trace, and
+    the workflow it starts runs its steps in that trace too."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    async with serve(MemoryStore(), telemetry=Telemetry(tracer_provider=provider)) as served:
+        status, answer, _ = await served.call(
+            "POST",
+            "/v1/workflows/gw.count",
+            json={"id": "from-a-client", "input": 2},
+            headers={"traceparent": parent},
+        )
+        assert status == 201, answer
+        status, answer, _ = await served.call("GET", "/v1/workflows/from-a-client?wait=10")
+        assert status == 200, answer
+        assert answer["status"] == "completed", answer
+    server = [
+        span
+        for span in exporter.get_finished_spans()
+        if span.kind == SpanKind.SERVER and span.name == "POST /v1/workflows/{type}"
+    ]
+    assert len(server) == 1
+    assert format(server[0].context.trace_id, "032x") == trace_id
+    assert server[0].parent is not None
+    assert format(server[0].parent.span_id, "016x") == "00f067aa0ba902b7"
+    steps = [span for span in exporter.get_finished_spans() if span.name.startswith("step ")]
+    assert steps
+    assert all(format(span.context.trace_id, "032x") == trace_id for span in steps)

@@ -16,6 +16,7 @@ from importlib.metadata import version as package_version
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
+from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from mainspring.errors import UsageError
@@ -169,6 +170,8 @@ class Gateway:
                 return response
             with self.node.telemetry.tracer.start_as_current_span(
                 f"{request.method} {route}",
+                # A client's W3C ``traceparent`` header makes this span part of its trace.
+                context=propagate.extract(request.headers),
                 kind=SpanKind.SERVER,
                 attributes={"http.request.method": request.method, "http.route": route},
             ) as span:
