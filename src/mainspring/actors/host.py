@@ -239,7 +239,10 @@ class Activation:
         host.statistics.leases_acquired += 1
         self.epoch = lease.epoch
         rewrite_snapshot = False
-        snapshot = await host.store.read_snapshot(self.stream_id)
+        # Epoch 1 is the lease that created the stream: nothing was ever written to read back.
+        new_stream = lease.epoch == 1
+        assert not new_stream or lease.head_seq == 0, (self.stream_id, lease)
+        snapshot = None if new_stream else await host.store.read_snapshot(self.stream_id)
         state = self.actor_cls.initial_state
         seq = 0
         if snapshot is not None:
@@ -264,7 +267,7 @@ class Activation:
         self.state = state
         self.seq = seq
         self.status = self.actor.status(state)
-        if self.actor_cls.dedupe_window > 0:
+        if self.actor_cls.dedupe_window > 0 and not new_stream:
             for record in await host.store.read_dedupe(
                 self.stream_id, self.actor_cls.dedupe_window
             ):

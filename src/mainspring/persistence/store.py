@@ -284,6 +284,10 @@ class Store(Protocol):
         ``owner`` itself (a restarted node reclaims its own leases), or ``steal`` is true.
         Every grant is recorded in the lease history.
 
+        Epoch 1 is granted only by the call that creates the stream, and every write needs a
+        lease: a lease of epoch 1 says the stream has no events, snapshot or dedupe records, so
+        its holder need not read them.
+
         Raises:
             LeaseHeld: another owner holds an unexpired lease and ``steal`` is false.
         """
