@@ -436,3 +436,28 @@ async def test_an_unregistered_message_class_is_refused_before_it_is_forwarded(
     finally:
         for member in members:
             await member.stop()
+
+
+async def test_a_node_that_runs_alone_has_no_cluster_routes(tmp_path: Path) -> None:
+    from mainspring import Node
+    from mainspring.gateway import Gateway
+
+    async with Node(
+        "alone", store=SqliteStore(str(tmp_path / "alone.db")), actors=[Account]
+    ) as node:
+        assert node.cluster is None
+        assert node.host.router is None
+        gateway = Gateway(node)
+        url = await gateway.start("127.0.0.1", 0)
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(url + "/v1/cluster") as response:
+                    assert response.status == 404
+                async with session.post(
+                    url + DELIVER_PATH, data=b"{}", headers={SECRET_HEADER: SECRET}
+                ) as response:
+                    assert response.status == 404
+                    body = orjson.loads(await response.read())
+                    assert body["error"]["code"] == "not_found"
+        finally:
+            await gateway.stop()

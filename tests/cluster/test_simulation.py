@@ -36,7 +36,7 @@ CONFIG = NodeConfig(
 )
 NODES = ("a", "b", "c")
 ACCOUNTS = [f"acct-{n}" for n in range(8)]
-SEEDS = range(int(os.environ.get("MAINSPRING_CLUSTER_SEEDS", "4")))
+SEEDS = range(int(os.environ.get("MAINSPRING_CLUSTER_SEEDS", "10")))
 """Seeds per scenario (``MAINSPRING_CLUSTER_SEEDS`` raises it, e.g. in a nightly campaign)."""
 
 

@@ -186,10 +186,15 @@ class HttpTransport:
     Args:
         secret: the shared cluster secret.
         connections_per_node: the pool's bound of connections to one node.
+        silence_s: give up on an owner that sends nothing for this long (a hung process);
+            the outcome is then unknown.
     """
 
-    def __init__(self, secret: str, *, connections_per_node: int = 64) -> None:
+    def __init__(
+        self, secret: str, *, connections_per_node: int = 64, silence_s: float = 30.0
+    ) -> None:
         self._secret = secret
+        self._silence_s = silence_s
         self._connections_per_node = connections_per_node
         self._session: aiohttp.ClientSession | None = None
 
@@ -216,7 +221,9 @@ class HttpTransport:
                 address + DELIVER_PATH,
                 data=orjson.dumps(item),
                 headers={SECRET_HEADER: self._secret, "Content-Type": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=2.0),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=2.0, sock_read=self._silence_s
+                ),
             ) as response:
                 body = await response.read()
                 status = response.status
@@ -260,7 +267,9 @@ class Router:
         self.node_id: Final = host.node_id
         self.statistics: Final = RoutingStatistics()
         self.transport: Final[ForwardTransport] = (
-            config.transport if config.transport is not None else HttpTransport(config.secret)
+            config.transport
+            if config.transport is not None
+            else HttpTransport(config.secret, silence_s=config.forward_timeout_s)
         )
         self._in_flight: set[asyncio.Task[None]] = set()
         self._secret: Final = config.secret.encode("utf-8")
