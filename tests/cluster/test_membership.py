@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import attrs
 import pytest
 
@@ -12,6 +14,7 @@ from mainspring.cluster.ring import HashRing
 from mainspring.config import NodeConfig
 from mainspring.errors import UsageError
 from mainspring.persistence.memory import MemoryStore
+from tests.cli.conftest import run_cli
 
 SECRET = "0123456789abcdef-secret"
 START_MS = 1_700_000_000_000
@@ -129,3 +132,32 @@ def test_node_command_cluster_options() -> None:
     assert (lease.lease_ttl_s, lease.lease_renew_interval_s) == (3.0, 1.0)
     with pytest.raises(UsageError, match="--lease-ttl"):
         lease_settings(NodeConfig(), 0)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "reason"),
+    [
+        (["--advertise", "http://127.0.0.1:9"], "need --cluster-secret"),
+        (["--cluster-secret", "short"], "at least 16"),
+        (["--cluster-secret", SECRET, "--listen", "127.0.0.1:0"], "port 0 needs --advertise"),
+        (["--cluster-secret", SECRET, "--lease-ttl", "0"], "--lease-ttl"),
+    ],
+)
+def test_bad_cluster_options_exit_with_one_line(
+    tmp_path: Path, arguments: list[str], reason: str
+) -> None:
+    result = run_cli(
+        [
+            "node",
+            "--app",
+            "examples.orders.app",
+            "--store",
+            f"sqlite:///{tmp_path}/x.db",
+            *arguments,
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("mainspring node: error: "), line
+    assert reason in line, line
