@@ -29,7 +29,7 @@ def test_a_suite_passes_its_first_seeds(target: str, seeds: int) -> None:
 
 
 def test_the_fencing_suite_steals_leases_and_fences_zombies() -> None:
-    report = run_campaign(load_scenario("simulations.core:fencing"), 6)
+    report = run_campaign(load_scenario("simulations.core:fencing"), 20)
     assert report.ok(strict=True), report.sometimes_table()
     assert report.sometimes["zombie_write_fenced"] > 0
     assert report.sometimes["clock_jump_crossed_lease_expiry"] > 0
