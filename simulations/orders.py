@@ -425,5 +425,4 @@ orders = orders_scenario(
 """Ten orders on one node over SQLite."""
 
 orders_cluster = orders_scenario("orders-cluster", nodes=3, count=10, seeds=30, max_steps=300_000)
-"""Ten orders driven through three nodes sharing one store (not in CI: see the known
-livelock in docs/simulation.md, section on the suites)."""
+"""Ten orders driven through three nodes sharing one store."""
