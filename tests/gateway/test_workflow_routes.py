@@ -135,7 +135,10 @@ async def test_get_describes_and_long_polls(served: Served) -> None:
     assert status == 200, body
     assert body["status"] == "completed"
     assert body["result"] == []
-    assert body["closed_at_ms"] >= body["started_at_ms"]
+    # A closed workflow reports when it closed (the wall clock may step back, so no ordering).
+    assert isinstance(body["closed_at_ms"], int)
+    assert body["closed_at_ms"] > 0
+    assert body["closed_at"].endswith("Z")
 
     status, body, _ = await served.call("GET", "/v1/workflows/nobody?wait=0.1")
     assert status == 404, body
