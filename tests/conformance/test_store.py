@@ -16,6 +16,8 @@ from mainspring.persistence.memory import MemoryStore
 from mainspring.persistence.store import (
     AppendRequest,
     DedupeRecord,
+    Lease,
+    LeaseRequest,
     NewEvent,
     OutboxMessage,
     Snapshot,
@@ -109,6 +111,57 @@ async def test_lease_history_records_every_grant(store: Any) -> None:
         (1, "node-1", NOW_MS),
         (2, "node-2", NOW_MS + TTL_MS),
     ]
+
+
+async def test_a_lease_batch_decides_each_request_on_its_own(store: Any) -> None:
+    await store.acquire_lease("acct/held", "node-2", NOW_MS, TTL_MS)
+    await store.acquire_lease("acct/expired", "node-2", NOW_MS - TTL_MS, TTL_MS)
+    await store.acquire_lease("acct/stolen", "node-2", NOW_MS, TTL_MS)
+    await store.acquire_lease("acct/mine", "node-1", NOW_MS, TTL_MS)
+    await append_one(store, request("acct/mine", 1, 0, 3))
+    outcomes = await store.acquire_leases(
+        [
+            LeaseRequest("acct/new", "node-1", NOW_MS, TTL_MS),
+            LeaseRequest("acct/held", "node-1", NOW_MS, TTL_MS),
+            LeaseRequest("acct/expired", "node-1", NOW_MS, TTL_MS),
+            LeaseRequest("acct/stolen", "node-1", NOW_MS, TTL_MS, steal=True),
+            LeaseRequest("acct/mine", "node-1", NOW_MS + 1, 5),
+        ]
+    )
+    new, held, expired, stolen, mine = outcomes
+    assert new == Lease("acct/new", "node-1", 1, 0, NOW_MS + TTL_MS)
+    assert isinstance(held, LeaseHeld)
+    assert (held.stream_id, held.owner, held.expires_at_ms) == (
+        "acct/held",
+        "node-2",
+        NOW_MS + TTL_MS,
+    )
+    assert expired == Lease("acct/expired", "node-1", 2, 0, NOW_MS + TTL_MS)
+    assert stolen == Lease("acct/stolen", "node-1", 2, 0, NOW_MS + TTL_MS)
+    assert mine == Lease("acct/mine", "node-1", 2, 3, NOW_MS + 1 + 5)
+    # The refused request wrote nothing; each grant is in the history.
+    refused = await store.read_head("acct/held")
+    assert refused is not None
+    assert (refused.epoch, refused.owner) == (1, "node-2")
+    assert [r.epoch for r in await store.read_lease_history("acct/held")] == [1]
+    for stream_id, epochs in (("acct/new", [1]), ("acct/stolen", [1, 2]), ("acct/mine", [1, 2])):
+        assert [r.epoch for r in await store.read_lease_history(stream_id)] == epochs
+
+
+async def test_a_lease_batch_refuses_a_stream_named_twice_and_writes_nothing(store: Any) -> None:
+    with pytest.raises(UsageError, match="names stream 'acct/a' twice"):
+        await store.acquire_leases(
+            [
+                LeaseRequest("acct/a", "node-1", NOW_MS, TTL_MS),
+                LeaseRequest("acct/b", "node-1", NOW_MS, TTL_MS),
+                LeaseRequest("acct/a", "node-1", NOW_MS, TTL_MS),
+            ]
+        )
+    assert await store.read_head("acct/a") is None
+    assert await store.read_head("acct/b") is None
+    with pytest.raises(UsageError, match="not a stream id"):
+        await store.acquire_leases([LeaseRequest("no-slash", "node-1", NOW_MS, TTL_MS)])
+    assert await store.acquire_leases([]) == []
 
 
 async def test_renew_extends_held_leases_and_reports_lost_ones(store: Any) -> None:

@@ -348,7 +348,7 @@ async def test_a_statement_the_server_rejects_is_unavailable_but_not_ambiguous(
     store = make_store()
     await store.open()
     await admin.execute("DROP TABLE lease_history")
-    with pytest.raises(StoreUnavailable, match=r"acquire_lease failed.*lease_history") as caught:
+    with pytest.raises(StoreUnavailable, match=r"acquire_leases failed.*lease_history") as caught:
         await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
     assert caught.value.ambiguous is False
     assert await store.read_head("acct/a") is None
@@ -365,7 +365,7 @@ async def test_append_values_the_columns_cannot_hold_are_usage_errors(
     lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
     with pytest.raises(UsageError, match=r"append_batch.*out of range"):
         await store.append_batch([request("acct/a", lease.epoch, 0, dedupe_window=2**63)])
-    with pytest.raises(UsageError, match="append_batch takes ints"):
+    with pytest.raises(UsageError, match="the store takes ints"):
         await store.append_batch([request("acct/a", lease.epoch, 0, dedupe_window=1.5)])
     assert await store.read_events("acct/a") == []
     assert await store.append_batch([request("acct/a", lease.epoch, 0)]) == [None]

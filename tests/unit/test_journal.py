@@ -7,10 +7,16 @@ from typing import Any
 
 import pytest
 
-from mainspring.errors import ConcurrencyConflict, Fenced, NodeClosed, StoreUnavailable
+from mainspring.errors import (
+    ConcurrencyConflict,
+    Fenced,
+    LeaseHeld,
+    NodeClosed,
+    StoreUnavailable,
+)
 from mainspring.persistence.journal import Journal
 from mainspring.persistence.memory import MemoryStore
-from mainspring.persistence.store import AppendRequest, NewEvent
+from mainspring.persistence.store import AppendRequest, Lease, LeaseRequest, NewEvent
 from mainspring.seams import SystemClock
 
 
@@ -206,3 +212,112 @@ async def test_submit_tells_each_request_its_outcome_even_when_a_completion_fail
     assert told == [("s/0", type(None)), ("s/1", ConcurrencyConflict), ("s/2", type(None))]
     with pytest.raises(NodeClosed):
         await journal.submit(one_event("s/2", epochs[2], 1), completion("s/2"))
+
+
+class CountingStore(MemoryStore):  # type: ignore[misc]
+    """Records the size of every lease batch; fails them all while ``failing`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lease_batches: list[list[str]] = []
+        self.failing = False
+
+    async def acquire_leases(self, requests: Any) -> list[Any]:
+        self.lease_batches.append([request.stream_id for request in requests])
+        if self.failing:
+            raise StoreUnavailable("injected: lease batch lost", ambiguous=True)
+        return await super().acquire_leases(requests)
+
+
+async def test_concurrent_lease_requests_share_transactions_and_keep_their_outcomes() -> None:
+    store = CountingStore()
+    await store.open()
+    await store.acquire_lease("s/held", "other", 0, 10**12)
+    store.lease_batches.clear()
+    journal = Journal(store, SystemClock(), batch_requests_max=20)
+    await journal.start()
+    names = [f"s/{n}" for n in range(45)] + ["s/held", "s/0"]
+    outcomes = await asyncio.gather(
+        *(journal.acquire_lease(LeaseRequest(name, "n", 0, 10**12)) for name in names),
+        return_exceptions=True,
+    )
+    await journal.close()
+    # 47 requests in batches of at most 20, and the second request of s/0 in a later batch.
+    assert [len(batch) for batch in store.lease_batches] == [20, 20, 7]
+    assert all(len(batch) == len(set(batch)) for batch in store.lease_batches)
+    granted = outcomes[:45]
+    assert all(isinstance(lease, Lease) and lease.owner == "n" for lease in granted)
+    refused = outcomes[45]
+    assert isinstance(refused, LeaseHeld)
+    assert refused.owner == "other"
+    again = outcomes[46]
+    assert isinstance(again, Lease)
+    assert again.epoch == 2  # s/0 leased twice, in order
+    assert journal.statistics.lease_requests == 47
+    assert journal.statistics.leases_refused == 1
+    assert journal.statistics.lease_batches == 3
+
+
+async def test_a_failed_lease_batch_fails_every_caller_and_the_next_batch_works() -> None:
+    store = CountingStore()
+    await store.open()
+    journal = Journal(store, SystemClock())
+    await journal.start()
+    store.failing = True
+    failed = await asyncio.gather(
+        *(journal.acquire_lease(LeaseRequest(f"s/{n}", "n", 0, 10**12)) for n in range(3)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(error, StoreUnavailable) and error.ambiguous for error in failed)
+    store.failing = False
+    lease = await journal.acquire_lease(LeaseRequest("s/0", "n", 0, 10**12))
+    await journal.close()
+    assert lease.epoch == 1  # the failed batch wrote nothing
+    with pytest.raises(NodeClosed):
+        await journal.acquire_lease(LeaseRequest("s/1", "n", 0, 10**12))
+
+
+async def test_a_lease_request_cancelled_before_its_batch_is_never_sent() -> None:
+    store = CountingStore()
+    await store.open()
+    journal = Journal(store, SystemClock())
+    await journal.start()
+    cancelled = asyncio.ensure_future(journal.acquire_lease(LeaseRequest("s/gone", "n", 0, 1)))
+    kept = asyncio.ensure_future(journal.acquire_lease(LeaseRequest("s/kept", "n", 0, 1)))
+    await asyncio.sleep(0)  # both queued; the committer has not taken them yet
+    cancelled.cancel()
+    await kept
+    await journal.close()
+    assert cancelled.cancelled()
+    assert store.lease_batches == [["s/kept"]]
+    assert await store.read_head("s/gone") is None
+
+
+class ReleaseCountingStore(MemoryStore):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.release_calls: list[list[tuple[str, int]]] = []
+
+    async def release_leases(self, owner: str, leases: Any) -> None:
+        self.release_calls.append(list(leases))
+        await super().release_leases(owner, leases)
+
+
+async def test_concurrent_lease_releases_share_transactions() -> None:
+    store = ReleaseCountingStore()
+    await store.open()
+    epochs = await leased(store, 30)
+    journal = Journal(store, SystemClock(), batch_requests_max=20)
+    await journal.start()
+    await asyncio.gather(
+        *(journal.release_lease("n", f"s/{n}", epochs[n]) for n in range(30)),
+        journal.release_lease("n", "s/0", 99),  # another epoch: left alone, no error
+    )
+    await journal.close()
+    assert [len(call) for call in store.release_calls] == [20, 11]
+    for n in range(30):
+        head = await store.read_head(f"s/{n}")
+        assert head is not None
+        assert head.owner is None
+    assert journal.statistics.releases == 31
+    assert journal.statistics.release_batches == 2

@@ -47,6 +47,7 @@ from mainspring.persistence.journal import Journal
 from mainspring.persistence.store import (
     AppendRequest,
     DedupeRecord,
+    LeaseRequest,
     NewEvent,
     OutboxMessage,
     Snapshot,
@@ -225,8 +226,13 @@ class Activation:
         host = self.host
         while True:
             try:
-                lease = await host.store.acquire_lease(
-                    self.stream_id, host.node_id, host.clock.wall_ms(), host.config.lease_ttl_ms
+                lease = await host.journal.acquire_lease(
+                    LeaseRequest(
+                        self.stream_id,
+                        host.node_id,
+                        host.clock.wall_ms(),
+                        host.config.lease_ttl_ms,
+                    )
                 )
                 break
             except LeaseHeld as held:
@@ -379,7 +385,7 @@ class Activation:
             if host.config.snapshot_on_passivate and self.seq > self.snapshot_seq:
                 await self._write_snapshot()
             await crash_point("host.mid_passivation")
-            await host.store.release_leases(host.node_id, [(self.stream_id, self.epoch)])
+            await host.journal.release_lease(host.node_id, self.stream_id, self.epoch)
         except (Fenced, ConcurrencyConflict, StoreUnavailable, NodeClosed) as error:
             # A newer activation already exists, or the store is away: the lease simply expires.
             log.debug(

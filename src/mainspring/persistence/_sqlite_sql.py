@@ -30,7 +30,9 @@ from mainspring.persistence.store import (
     DedupeRecord,
     InstanceInfo,
     Lease,
+    LeaseOutcome,
     LeaseRecord,
+    LeaseRequest,
     Member,
     OutboxMessage,
     Snapshot,
@@ -47,7 +49,7 @@ __all__ = [
     "Migration",
     "UnknownSchemaVersion",
     "UnsupportedSqlite",
-    "acquire_lease_tx",
+    "acquire_leases_tx",
     "append_batch_tx",
     "configure_reader",
     "configure_writer",
@@ -390,33 +392,35 @@ UPDATE streams SET owner = NULL, lease_expires_ms = 0
 WHERE stream_id = ? AND epoch = ? AND owner = ?"""
 
 
-def acquire_lease_tx(
-    conn: sqlite3.Connection, stream_id: str, owner: str, now_ms: int, ttl_ms: int, steal: bool
-) -> Lease:
-    """See ``Store.acquire_lease``: one conditional upsert bumps the epoch, then history.
-
-    Raises:
-        LeaseHeld: another owner's lease has not expired and ``steal`` is false.
-    """
-    expires_ms = now_ms + ttl_ms
+def acquire_leases_tx(
+    conn: sqlite3.Connection, requests: Sequence[LeaseRequest]
+) -> list[LeaseOutcome]:
+    """See ``Store.acquire_leases``: per request, one conditional upsert bumps the epoch, then
+    history; all in one transaction."""
+    outcomes: list[LeaseOutcome] = []
     with immediate_transaction(conn):
-        granted = conn.execute(
-            _ACQUIRE_LEASE,
-            {
-                "stream_id": stream_id,
-                "owner": owner,
-                "expires_ms": expires_ms,
-                "now_ms": now_ms,
-                "steal": steal,
-            },
-        ).fetchall()
-        if not granted:
-            raise _lease_held(conn, stream_id)
-        [(epoch, head)] = granted
-        assert epoch >= 1, epoch
-        assert head >= 0, head
-        conn.execute(_RECORD_LEASE, (stream_id, epoch, owner, now_ms))
-    return Lease(stream_id, owner, epoch, head, expires_ms)
+        for request in requests:
+            stream_id, owner, now_ms = request.stream_id, request.owner, request.now_ms
+            expires_ms = now_ms + request.ttl_ms
+            granted = conn.execute(
+                _ACQUIRE_LEASE,
+                {
+                    "stream_id": stream_id,
+                    "owner": owner,
+                    "expires_ms": expires_ms,
+                    "now_ms": now_ms,
+                    "steal": request.steal,
+                },
+            ).fetchall()
+            if not granted:
+                outcomes.append(_lease_held(conn, stream_id))
+                continue
+            [(epoch, head)] = granted
+            assert epoch >= 1, epoch
+            assert head >= 0, head
+            conn.execute(_RECORD_LEASE, (stream_id, epoch, owner, now_ms))
+            outcomes.append(Lease(stream_id, owner, epoch, head, expires_ms))
+    return outcomes
 
 
 def _lease_held(conn: sqlite3.Connection, stream_id: str) -> LeaseHeld:

@@ -1,4 +1,4 @@
-"""Journal: group commit of many actors' appends over one Store.
+"""Journal: group commit of many actors' appends, and of their lease grants, over one Store.
 
 Appends that arrive while commits are in flight wait and go into the next transaction together,
 so throughput grows with concurrency while each actor still waits for its own commit before it
@@ -8,6 +8,13 @@ the store, so one actor's conflict never fails another's events.
 Up to ``commits_in_flight_max`` transactions run at once, over disjoint sets of streams. With
 two, actors fall into cohorts: while one cohort's transaction commits, the event loop handles
 the next messages of the actors whose commit just finished, instead of waiting in lock-step.
+
+Lease grants take the same road: every actor that activates needs one write transaction for its
+lease before it can hydrate, and with many actors activating at once (a burst of new workflows)
+a transaction each would queue them behind one another's commits. ``acquire_lease`` requests that
+arrive together share one ``Store.acquire_leases`` transaction instead, each decided on its own;
+``release_lease`` calls (actors passivating, a node draining) share ``Store.release_leases`` ones.
+Lease batches and append batches take turns for the transaction slots.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import asyncio
 import functools
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Final, final
 
 import attrs
@@ -24,8 +31,14 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Tracer
 
 from mainspring.crashpoints import crash_point
-from mainspring.errors import Fenced, NodeClosed, StoreUnavailable, UsageError
-from mainspring.persistence.store import AppendRequest, Store
+from mainspring.errors import Fenced, LeaseHeld, NodeClosed, StoreUnavailable, UsageError
+from mainspring.persistence.store import (
+    AppendRequest,
+    Lease,
+    LeaseOutcome,
+    LeaseRequest,
+    Store,
+)
 from mainspring.seams import Clock
 
 __all__ = ["Completion", "Journal", "JournalStatistics"]
@@ -48,6 +61,15 @@ class JournalStatistics:
     failed_batches: int = 0
     batch_requests_max_seen: int = 0
     commit_seconds_total: float = 0.0
+    lease_batches: int = 0
+    """Transactions of lease grants (``acquire_leases`` calls), failed ones included."""
+    lease_requests: int = 0
+    leases_refused: int = 0
+    """Of ``lease_requests``: refused because another owner held the lease."""
+    lease_batch_requests_max_seen: int = 0
+    release_batches: int = 0
+    """Transactions of lease releases, failed ones included."""
+    releases: int = 0
 
 
 Completion = Callable[[BaseException | None], None]
@@ -58,6 +80,12 @@ that rejected it (``Fenced``, ``ConcurrencyConflict``) or failed its batch
 _Pending = tuple[AppendRequest, Completion]
 """A request waiting for its commit, and what to tell when it is decided. A plain tuple: one is
 made per append, and a class instance would cost several times as much."""
+
+_PendingLease = tuple[LeaseRequest, "asyncio.Future[LeaseOutcome]"]
+"""A lease request waiting for its transaction, and the future its caller waits on."""
+
+_PendingRelease = tuple[str, str, int, "asyncio.Future[None]"]
+"""A lease to release: owner, stream id, epoch, and the future its caller waits on."""
 
 
 def _resolve(done: asyncio.Future[None], failure: BaseException | None) -> None:
@@ -108,6 +136,10 @@ class Journal:
         self._commits: set[asyncio.Task[None]] = set()
         self._streams_in_flight: set[str] = set()
         self._pending: deque[_Pending] = deque()
+        self._leases_pending: deque[_PendingLease] = deque()
+        self._releases_pending: deque[_PendingRelease] = deque()
+        self._leases_turn = True
+        """Whether a lease batch goes before an append batch when both wait for a slot."""
         # The room left for pending requests, and the appenders waiting for room (a semaphore
         # in effect; asyncio.Semaphore's acquire costs a generator scan per call).
         self._room = pending_requests_max
@@ -134,6 +166,8 @@ class Journal:
             await self._task
             self._task = None
         assert not self._pending, "journal closed with pending appends"
+        assert not self._leases_pending, "journal closed with pending lease requests"
+        assert not self._releases_pending, "journal closed with pending lease releases"
         assert not self._commits, "journal closed with commits in flight"
         assert not self._streams_in_flight
 
@@ -168,6 +202,40 @@ class Journal:
             self._room -= 1
         self._pending.append((request, completion))
         self._wakeup.set()
+
+    async def acquire_lease(self, request: LeaseRequest) -> Lease:
+        """Take a lease in the next lease transaction (see ``Store.acquire_leases``), together
+        with the other lease requests waiting for one.
+
+        Raises:
+            LeaseHeld: another owner holds an unexpired lease and ``request.steal`` is false.
+            StoreUnavailable: the batch failed (``ambiguous`` when it may have committed).
+            NodeClosed: the journal is closing.
+        """
+        if self._closing:
+            raise NodeClosed("the journal is closing and grants no more leases")
+        done: asyncio.Future[LeaseOutcome] = asyncio.get_running_loop().create_future()
+        self._leases_pending.append((request, done))
+        self._wakeup.set()
+        outcome = await done
+        if isinstance(outcome, LeaseHeld):
+            raise outcome
+        return outcome
+
+    async def release_lease(self, owner: str, stream_id: str, epoch: int) -> None:
+        """Give up ``owner``'s lease of ``stream_id`` at ``epoch`` in the next release
+        transaction (see ``Store.release_leases``), with the other releases waiting for one.
+
+        Raises:
+            StoreUnavailable: the batch failed; the lease then simply expires.
+            NodeClosed: the journal is closing.
+        """
+        if self._closing:
+            raise NodeClosed("the journal is closing and releases no more leases")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._releases_pending.append((owner, stream_id, epoch, done))
+        self._wakeup.set()
+        await done
 
     def _give_back_room(self, count: int = 1) -> None:
         self._room += count
@@ -218,18 +286,66 @@ class Journal:
         self._pending.extendleft(reversed(held_back))
         return batch
 
-    async def _run(self) -> None:
-        while True:
-            if self._pending and len(self._commits) < self._commits_in_flight_max:
+    def _take_lease_batch(self) -> list[_PendingLease]:
+        """Up to ``batch_requests_max`` waiting lease requests with distinct streams, in order;
+        requests whose caller gave up are dropped."""
+        batch: list[_PendingLease] = []
+        streams: set[str] = set()
+        held_back: list[_PendingLease] = []
+        while self._leases_pending and len(batch) < self._batch_requests_max:
+            pending = self._leases_pending.popleft()
+            if pending[1].done():  # cancelled while it waited: nothing to take
+                continue
+            stream_id = pending[0].stream_id
+            if stream_id in streams:
+                held_back.append(pending)
+                continue
+            streams.add(stream_id)
+            batch.append(pending)
+        self._leases_pending.extendleft(reversed(held_back))
+        return batch
+
+    def _next_commit(self) -> Coroutine[None, None, None] | None:
+        """The next transaction to start, if anything waits: lease and append batches take
+        turns when both wait."""
+        for leases_first in (self._leases_turn, not self._leases_turn):
+            if leases_first and self._leases_pending:
+                leases = self._take_lease_batch()
+                if leases:
+                    self._leases_turn = False
+                    return self._grant_leases(leases)
+            if leases_first and self._releases_pending:
+                self._leases_turn = False
+                releases = [
+                    self._releases_pending.popleft()
+                    for _ in range(min(len(self._releases_pending), self._batch_requests_max))
+                ]
+                return self._release_leases(releases)
+            if not leases_first and self._pending:
                 batch = self._take_batch()
                 if batch:
-                    commit = asyncio.create_task(self._commit(batch), name="mainspring-commit")
+                    self._leases_turn = True
+                    return self._commit(batch)
+        return None
+
+    async def _run(self) -> None:
+        while True:
+            if len(self._commits) < self._commits_in_flight_max:
+                work = self._next_commit()
+                if work is not None:
+                    commit = asyncio.create_task(work, name="mainspring-commit")
                     self._commits.add(commit)
                     commit.add_done_callback(self._commit_finished)
                     continue
-            if self._closing and not self._pending and not self._commits:
+            if (
+                self._closing
+                and not self._pending
+                and not self._leases_pending
+                and not self._releases_pending
+                and not self._commits
+            ):
                 return
-            # Woken by a new append or by a finished commit (which frees streams and a slot).
+            # Woken by a new request or by a finished commit (which frees streams and a slot).
             self._wakeup.clear()
             await self._wakeup.wait()
 
@@ -290,6 +406,68 @@ class Journal:
                 else:
                     statistics.conflicts += 1
         self._complete(batch, results)
+
+    async def _grant_leases(self, batch: list[_PendingLease]) -> None:
+        if self.tracer is None:
+            await self._grant_leases_untraced(batch)
+            return
+        with self.tracer.start_as_current_span(
+            "mainspring.journal.leases", context=Context()
+        ) as span:
+            span.set_attribute("mainspring.requests", len(batch))
+            await self._grant_leases_untraced(batch)
+
+    async def _grant_leases_untraced(self, batch: list[_PendingLease]) -> None:
+        statistics = self.statistics
+        statistics.lease_batches += 1
+        statistics.lease_requests += len(batch)
+        statistics.lease_batch_requests_max_seen = max(
+            statistics.lease_batch_requests_max_seen, len(batch)
+        )
+        outcomes: Sequence[LeaseOutcome | StoreUnavailable]
+        try:
+            outcomes = await self._store.acquire_leases([request for request, _ in batch])
+        except StoreUnavailable as error:
+            outcomes = [error] * len(batch)
+        except Exception as error:
+            # Anything else is a bug in a store: fail the batch loudly rather than hang callers.
+            log.exception("StoreLeaseBatchFailed", extra={"requests": len(batch)})
+            outcomes = [StoreUnavailable(f"the store failed a lease batch: {error!r}")] * len(batch)
+        assert len(outcomes) == len(batch), (len(outcomes), len(batch))
+        for (request, done), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, LeaseHeld):
+                statistics.leases_refused += 1
+            if done.done():  # the caller was cancelled; a grant stands and expires unused
+                continue
+            if isinstance(outcome, StoreUnavailable):
+                done.set_exception(outcome)
+            else:
+                assert outcome.stream_id == request.stream_id, (outcome, request)
+                done.set_result(outcome)
+
+    async def _release_leases(self, batch: list[_PendingRelease]) -> None:
+        """One ``release_leases`` call per owner in the batch (a node has one owner id)."""
+        self.statistics.release_batches += 1
+        self.statistics.releases += len(batch)
+        by_owner: dict[str, list[tuple[str, int]]] = {}
+        for owner, stream_id, epoch, _ in batch:
+            by_owner.setdefault(owner, []).append((stream_id, epoch))
+        failure: StoreUnavailable | None = None
+        try:
+            for owner, leases in by_owner.items():
+                await self._store.release_leases(owner, leases)
+        except StoreUnavailable as error:
+            failure = error
+        except Exception as error:
+            log.exception("StoreReleaseBatchFailed", extra={"requests": len(batch)})
+            failure = StoreUnavailable(f"the store failed a lease release batch: {error!r}")
+        for *_, done in batch:
+            if done.done():
+                continue
+            if failure is None:
+                done.set_result(None)
+            else:
+                done.set_exception(failure)
 
     def _complete(self, batch: list[_Pending], outcomes: Sequence[BaseException | None]) -> None:
         """Free the batch's places and tell every request its outcome, in batch order."""

@@ -20,14 +20,18 @@ from mainspring.persistence.store import (
     DedupeRecord,
     InstanceInfo,
     Lease,
+    LeaseOutcome,
     LeaseRecord,
+    LeaseRequest,
     Member,
     OutboxMessage,
     Snapshot,
     StoredEvent,
     StreamHead,
     Timer,
+    check_lease_requests,
     check_member_state,
+    single_lease,
     split_stream_id,
 )
 
@@ -73,22 +77,32 @@ class MemoryStore:
         self, stream_id: str, owner: str, now_ms: int, ttl_ms: int, *, steal: bool = False
     ) -> Lease:
         """See ``Store.acquire_lease``."""
+        return single_lease(
+            await self.acquire_leases([LeaseRequest(stream_id, owner, now_ms, ttl_ms, steal)])
+        )
+
+    async def acquire_leases(self, requests: Sequence[LeaseRequest]) -> list[LeaseOutcome]:
+        """See ``Store.acquire_leases``."""
         self._check_open()
-        split_stream_id(stream_id)
+        check_lease_requests(requests)
+        return [self._acquire_one(request) for request in requests]
+
+    def _acquire_one(self, request: LeaseRequest) -> LeaseOutcome:
+        stream_id, owner, now_ms = request.stream_id, request.owner, request.now_ms
         stream = self._streams.setdefault(stream_id, _Stream())
         held_by_other = (
             stream.owner is not None
             and stream.owner != owner
             and stream.lease_expires_at_ms > now_ms
         )
-        if held_by_other and not steal:
+        if held_by_other and not request.steal:
             assert stream.owner is not None
-            raise LeaseHeld(stream_id, stream.owner, stream.lease_expires_at_ms)
+            return LeaseHeld(stream_id, stream.owner, stream.lease_expires_at_ms)
         stream.epoch += 1
         stream.owner = owner
-        stream.lease_expires_at_ms = now_ms + ttl_ms
+        stream.lease_expires_at_ms = now_ms + request.ttl_ms
         stream.leases.append(LeaseRecord(stream_id, stream.epoch, owner, now_ms))
-        return Lease(stream_id, owner, stream.epoch, len(stream.events), now_ms + ttl_ms)
+        return Lease(stream_id, owner, stream.epoch, len(stream.events), now_ms + request.ttl_ms)
 
     async def renew_leases(
         self, owner: str, leases: Sequence[tuple[str, int]], now_ms: int, ttl_ms: int

@@ -4,7 +4,7 @@ Every node opens its own ``PostgresStore`` over one database; fencing between th
 database alone. The rules of ``mainspring.persistence.store`` are kept by SQL inside one
 transaction:
 
-* ``acquire_lease`` is one conditional upsert of the stream row (plus its lease-history row).
+* ``acquire_leases`` is one conditional upsert of the stream rows (plus their lease-history rows).
 * ``append_batch`` is one call of the ``append_batch`` SQL function (see
   ``schema/postgres/0001_initial.sql``): it locks the named streams in stream-id order, decides
   each request on its locked row, and writes what the accepted ones carry. One round trip and one
@@ -39,14 +39,18 @@ from mainspring.persistence.store import (
     DedupeRecord,
     InstanceInfo,
     Lease,
+    LeaseOutcome,
     LeaseRecord,
+    LeaseRequest,
     Member,
     OutboxMessage,
     Snapshot,
     StoredEvent,
     StreamHead,
     Timer,
+    check_lease_requests,
     check_member_state,
+    single_lease,
     split_stream_id,
 )
 
@@ -137,21 +141,31 @@ _APPEND_SQL: Final = (
     + ")"
 )
 
-_ACQUIRE_LEASE_SQL: Final = """
-WITH granted AS (
+# Every request of a batch is one row of ``wanted``; rows are upserted in stream-id order (the
+# order append_batch locks in, so the two never deadlock). The conditions that depend on the
+# request (its clock, whether it steals) are read back from ``wanted`` for the conflicting row.
+_ACQUIRE_LEASES_SQL: Final = """
+WITH wanted AS MATERIALIZED (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text::bigint[],
+                         $6::text::bigint[], $7::boolean[])
+        AS w(stream_id, actor_type, actor_id, owner, now_ms, expires_ms, steal)
+), granted AS (
     INSERT INTO streams AS s (stream_id, actor_type, actor_id, epoch, head, owner, lease_expires_ms)
-    VALUES ($1, $6, $7, 1, 0, $2, $4)
+    SELECT stream_id, actor_type, actor_id, 1, 0, owner, expires_ms FROM wanted ORDER BY stream_id
     ON CONFLICT (stream_id) DO UPDATE
         SET epoch = s.epoch + 1,
             owner = excluded.owner,
             lease_expires_ms = excluded.lease_expires_ms
-        WHERE s.owner IS NULL OR s.owner = excluded.owner OR s.lease_expires_ms <= $3 OR $5
-    RETURNING s.epoch, s.head
+        WHERE s.owner IS NULL OR s.owner = excluded.owner OR EXISTS (
+            SELECT FROM wanted w
+            WHERE w.stream_id = excluded.stream_id AND (s.lease_expires_ms <= w.now_ms OR w.steal)
+        )
+    RETURNING s.stream_id, s.epoch, s.head
 ), recorded AS (
     INSERT INTO lease_history (stream_id, epoch, owner, acquired_ms)
-    SELECT $1, granted.epoch, $2, $3 FROM granted
+    SELECT g.stream_id, g.epoch, w.owner, w.now_ms FROM granted g JOIN wanted w USING (stream_id)
 )
-SELECT epoch, head FROM granted
+SELECT stream_id, epoch, head FROM granted
 """
 
 # Renewal and release touch many stream rows: lock them in stream-id order first, as
@@ -391,36 +405,73 @@ class PostgresStore:
         self, stream_id: str, owner: str, now_ms: int, ttl_ms: int, *, steal: bool = False
     ) -> Lease:
         """See ``Store.acquire_lease``."""
-        self._require_pool()
-        actor_type, actor_id = split_stream_id(stream_id)
-        expires_at_ms = now_ms + ttl_ms
-        for _ in range(_LEASE_ATTEMPTS_MAX):
-            rows = await self._fetch(
-                "acquire_lease",
-                _ACQUIRE_LEASE_SQL,
-                stream_id,
-                owner,
-                now_ms,
-                expires_at_ms,
-                steal,
-                actor_type,
-                actor_id,
-                writes=True,
-            )
-            if rows:
-                [(epoch, head)] = rows
-                assert epoch >= 1, (stream_id, epoch)
-                return Lease(stream_id, owner, epoch, head, expires_at_ms)
-            # The upsert refused, so another owner held an unexpired lease. It may have been
-            # released since; then the next attempt takes it.
-            holder = await self.read_head(stream_id)
-            if holder is not None and _held_by_other(holder, owner, now_ms):
-                assert holder.owner is not None
-                raise LeaseHeld(stream_id, holder.owner, holder.lease_expires_at_ms)
-        raise StoreUnavailable(
-            f"the lease of {stream_id!r} changed hands {_LEASE_ATTEMPTS_MAX} times while "
-            f"{owner!r} tried to take it; retry later."
+        return single_lease(
+            await self.acquire_leases([LeaseRequest(stream_id, owner, now_ms, ttl_ms, steal)])
         )
+
+    async def acquire_leases(self, requests: Sequence[LeaseRequest]) -> list[LeaseOutcome]:
+        """See ``Store.acquire_leases``: one statement, one round trip, per attempt.
+
+        A request the upsert refused is retried (at most ``_LEASE_ATTEMPTS_MAX`` attempts in all)
+        when its holder released the lease in the meantime; else its outcome is ``LeaseHeld``.
+        """
+        self._require_pool()
+        check_lease_requests(requests)
+        outcomes: dict[str, LeaseOutcome] = {}
+        waiting = list(requests)
+        for _ in range(_LEASE_ATTEMPTS_MAX):
+            if not waiting:
+                break
+            waiting = await self._acquire_leases_once(waiting, outcomes)
+        if waiting:
+            raise StoreUnavailable(
+                f"the lease of {waiting[0].stream_id!r} changed hands {_LEASE_ATTEMPTS_MAX} times "
+                f"while {waiting[0].owner!r} tried to take it; retry later."
+            )
+        return [outcomes[request.stream_id] for request in requests]
+
+    async def _acquire_leases_once(
+        self, requests: list[LeaseRequest], outcomes: dict[str, LeaseOutcome]
+    ) -> list[LeaseRequest]:
+        """One attempt at ``requests``: records each grant or refusal in ``outcomes``; returns
+        the refused requests whose holder let go since, to try again."""
+        split = [split_stream_id(request.stream_id) for request in requests]
+        rows = await self._fetch(
+            "acquire_leases",
+            _ACQUIRE_LEASES_SQL,
+            [request.stream_id for request in requests],
+            [actor_type for actor_type, _ in split],
+            [actor_id for _, actor_id in split],
+            [request.owner for request in requests],
+            _integer_array([request.now_ms for request in requests]),
+            _integer_array([request.now_ms + request.ttl_ms for request in requests]),
+            [request.steal for request in requests],
+            writes=True,
+        )
+        granted = {row[0]: (row[1], row[2]) for row in rows}
+        refused: list[LeaseRequest] = []
+        for request in requests:
+            if request.stream_id not in granted:
+                refused.append(request)
+                continue
+            epoch, head = granted[request.stream_id]
+            assert epoch >= 1, (request.stream_id, epoch)
+            outcomes[request.stream_id] = Lease(
+                request.stream_id, request.owner, epoch, head, request.now_ms + request.ttl_ms
+            )
+        retry: list[LeaseRequest] = []
+        # The upsert refused these, so another owner held an unexpired lease. It may have been
+        # released since; then the next attempt takes it.
+        for request in refused:
+            holder = await self.read_head(request.stream_id)
+            if holder is not None and _held_by_other(holder, request.owner, request.now_ms):
+                assert holder.owner is not None
+                outcomes[request.stream_id] = LeaseHeld(
+                    request.stream_id, holder.owner, holder.lease_expires_at_ms
+                )
+            else:
+                retry.append(request)
+        return retry
 
     async def renew_leases(
         self, owner: str, leases: Sequence[tuple[str, int]], now_ms: int, ttl_ms: int
@@ -837,7 +888,7 @@ def _integer_array(values: list[int]) -> str:
     try:
         return "{" + ",".join(map(int.__repr__, values)) + "}"
     except TypeError as error:
-        raise UsageError(f"append_batch takes ints in its integer fields: {error}") from None
+        raise UsageError(f"the store takes ints in its records' integer fields: {error}") from None
 
 
 def _append_arguments(

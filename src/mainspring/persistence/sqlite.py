@@ -26,15 +26,18 @@ from mainspring.persistence.store import (
     DedupeRecord,
     InstanceInfo,
     Lease,
+    LeaseOutcome,
     LeaseRecord,
+    LeaseRequest,
     Member,
     OutboxMessage,
     Snapshot,
     StoredEvent,
     StreamHead,
     Timer,
+    check_lease_requests,
     check_member_state,
-    split_stream_id,
+    single_lease,
 )
 from mainspring.seams import Clock, SystemClock
 
@@ -359,11 +362,23 @@ class SqliteStore:
             LeaseHeld: another owner holds an unexpired lease and ``steal`` is false.
             StoreUnavailable: the transaction failed.
         """
+        return single_lease(
+            await self.acquire_leases([LeaseRequest(stream_id, owner, now_ms, ttl_ms, steal)])
+        )
+
+    async def acquire_leases(self, requests: Sequence[LeaseRequest]) -> list[LeaseOutcome]:
+        """See ``Store.acquire_leases``: one transaction, one thread hop, for the whole batch.
+
+        Raises:
+            UsageError: two requests name one stream, or a stream id is malformed.
+            StoreUnavailable: the transaction failed.
+        """
         self._require_open()
-        split_stream_id(stream_id)
+        check_lease_requests(requests)
+        if not requests:
+            return []
         return await self._write(
-            "acquire_lease",
-            lambda conn: sql.acquire_lease_tx(conn, stream_id, owner, now_ms, ttl_ms, steal),
+            "acquire_leases", lambda conn: sql.acquire_leases_tx(conn, requests)
         )
 
     async def renew_leases(

@@ -23,7 +23,7 @@ from typing import Final, Protocol
 
 import attrs
 
-from mainspring.errors import UsageError
+from mainspring.errors import LeaseHeld, UsageError
 
 __all__ = [
     "MEMBER_STATES",
@@ -33,7 +33,9 @@ __all__ = [
     "DedupeRecord",
     "InstanceInfo",
     "Lease",
+    "LeaseOutcome",
     "LeaseRecord",
+    "LeaseRequest",
     "Member",
     "NewEvent",
     "OutboxMessage",
@@ -73,6 +75,51 @@ class Lease:
     epoch: int
     head_seq: int
     expires_at_ms: int
+
+
+@attrs.frozen
+class LeaseRequest:
+    """One lease to take in ``acquire_leases``: the arguments of ``acquire_lease``."""
+
+    stream_id: str
+    owner: str
+    now_ms: int
+    ttl_ms: int
+    steal: bool = False
+
+
+LeaseOutcome = Lease | LeaseHeld
+"""Per request of ``acquire_leases``: the ``Lease`` granted, or the ``LeaseHeld`` that refused it
+(nothing of that request was written)."""
+
+
+def check_lease_requests(requests: Sequence[LeaseRequest]) -> None:
+    """Check the rules every store's ``acquire_leases`` shares before it writes anything.
+
+    Raises:
+        UsageError: two requests name one stream, or a stream id is malformed.
+    """
+    seen: set[str] = set()
+    for request in requests:
+        split_stream_id(request.stream_id)
+        if request.stream_id in seen:
+            raise UsageError(
+                f"a lease batch names stream {request.stream_id!r} twice; take one lease per "
+                "stream per call"
+            )
+        seen.add(request.stream_id)
+
+
+def single_lease(outcomes: Sequence[LeaseOutcome]) -> Lease:
+    """The one outcome of a one-request ``acquire_leases``, as ``acquire_lease`` returns it.
+
+    Raises:
+        LeaseHeld: the request was refused.
+    """
+    [outcome] = outcomes
+    if isinstance(outcome, LeaseHeld):
+        raise outcome
+    return outcome
 
 
 @attrs.frozen
@@ -290,6 +337,17 @@ class Store(Protocol):
 
         Raises:
             LeaseHeld: another owner holds an unexpired lease and ``steal`` is false.
+        """
+        ...
+
+    async def acquire_leases(self, requests: Sequence[LeaseRequest]) -> list[LeaseOutcome]:
+        """Decide many lease requests in one transaction, each on its own as ``acquire_lease``
+        decides it: one request's refusal never fails another's grant. Outcomes come in request
+        order. Requests must name distinct streams.
+
+        Raises:
+            UsageError: two requests name one stream, or a stream id is malformed.
+            StoreUnavailable: the whole batch failed (``ambiguous`` if it may have committed).
         """
         ...
 

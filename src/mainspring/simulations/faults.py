@@ -27,7 +27,9 @@ from mainspring.persistence.store import (
     DedupeRecord,
     InstanceInfo,
     Lease,
+    LeaseOutcome,
     LeaseRecord,
+    LeaseRequest,
     Member,
     OutboxMessage,
     Snapshot,
@@ -35,6 +37,7 @@ from mainspring.persistence.store import (
     StoredEvent,
     StreamHead,
     Timer,
+    single_lease,
 )
 from mainspring.simulations.loop import SimLoop, SimulationError, current_node
 from mainspring.simulations.network import Network, store_endpoint
@@ -59,7 +62,7 @@ FaultKind = Literal["error_before_commit", "lost_ack"]
 
 _WRITES: Final = frozenset(
     {
-        "acquire_lease",
+        "acquire_leases",
         "renew_leases",
         "release_leases",
         "append_batch",
@@ -519,9 +522,24 @@ class FaultyStore:
     async def acquire_lease(
         self, stream_id: str, owner: str, now_ms: int, ttl_ms: int, *, steal: bool = False
     ) -> Lease:
-        """See ``Store.acquire_lease``; grants are recorded, lost acknowledgements included."""
-        fault = await self._write_prologue("acquire_lease")
-        lease = await self.inner.acquire_lease(stream_id, owner, now_ms, ttl_ms, steal=steal)
+        """See ``Store.acquire_lease``: a batch of one (see ``acquire_leases``)."""
+        return single_lease(
+            await self.acquire_leases([LeaseRequest(stream_id, owner, now_ms, ttl_ms, steal)])
+        )
+
+    async def acquire_leases(self, requests: Sequence[LeaseRequest]) -> list[LeaseOutcome]:
+        """See ``Store.acquire_leases``; grants are recorded, lost acknowledgements included."""
+        fault = await self._write_prologue("acquire_leases")
+        outcomes = await self.inner.acquire_leases(requests)
+        for outcome in outcomes:
+            if isinstance(outcome, Lease):
+                self._record_grant(outcome, acknowledged=fault is None)
+        if fault == "lost_ack":
+            raise self._lose_ack("acquire_leases")
+        return outcomes
+
+    def _record_grant(self, lease: Lease, *, acknowledged: bool) -> None:
+        stream_id = lease.stream_id
         grant = LeaseGrant(
             index=self.history.next_index(),
             virtual_ns=_now_ns(),
@@ -529,7 +547,7 @@ class FaultyStore:
             stream_id=stream_id,
             owner=lease.owner,
             epoch=lease.epoch,
-            acknowledged=fault is None,
+            acknowledged=acknowledged,
         )
         previous = self._previous_grant(stream_id)
         self.history.leases.append(grant)
@@ -545,9 +563,6 @@ class FaultyStore:
                 previous.owner, store_endpoint(self.label)
             ):
                 self._tell("lease_taken_over_after_partition", stream_id)
-        if fault == "lost_ack":
-            raise self._lose_ack("acquire_lease")
-        return lease
 
     def _previous_grant(self, stream_id: str) -> LeaseGrant | None:
         for grant in reversed(self.history.leases):
