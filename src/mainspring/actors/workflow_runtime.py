@@ -1323,10 +1323,20 @@ class WorkflowActorBase(Actor[WorkflowState]):
         description = _describe(self.workflow_id, state)
         services = self.services
         ctx.after_commit(lambda: services.closed(description))
+        # A closed run's code has nothing left to do: free its loop and context now rather than
+        # when the actor passivates (a query replays the run again, as after a reactivation).
+        ended = self.run
+        ctx.after_commit(lambda: self._forget_run(ended))
         telemetry = services.telemetry
         if telemetry is not None:
             type_name, status = state.workflow_type, state.status
             ctx.after_commit(lambda: telemetry.workflow_closed(type_name, status))
+
+    def _forget_run(self, run: WorkflowRun | None) -> None:
+        """Drop ``run`` if it is still this activation's run (the one that just closed)."""
+        if run is not None and self.run is run:
+            run.abandon()
+            self.run = None
 
     def _pump(self, ctx: ActorContext[WorkflowState]) -> None:
         """After the commit: start the attempts that are due."""
