@@ -63,6 +63,7 @@ from aiohttp import web  # noqa: E402
 import mainspring  # noqa: E402
 from mainspring import Node, WorkflowContext  # noqa: E402
 from mainspring.gateway import Gateway  # noqa: E402
+from mainspring.process import GC_THRESHOLD_DEFAULT, tune_garbage_collector  # noqa: E402
 
 sys.path.append(str(_HERE))
 
@@ -248,6 +249,8 @@ async def measure(store: Any, arguments: argparse.Namespace) -> dict[str, Any]:
         async with node:
             gateway = Gateway(node)
             url = await gateway.start("127.0.0.1", 0)
+            # As `mainspring node` does once it listens (--gc-threshold).
+            tune_garbage_collector(arguments.gc_threshold)
             try:
                 if arguments.warmup:
                     await run_client(raw_url, "raw", arguments.warmup, concurrency)
@@ -347,6 +350,7 @@ async def run(arguments: argparse.Namespace) -> dict[str, Any]:
         "starts": arguments.starts,
         "signals": arguments.signals,
         "requests": arguments.requests,
+        "gc_threshold": arguments.gc_threshold,
         "raw_aiohttp_req_per_s": round(raw["per_s"], 1),
         "raw_ms_p50": rounded(raw["p50_ms"]),
         "raw_ms_p99": rounded(raw["p99_ms"]),
@@ -384,6 +388,13 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--requests", type=int, default=3000, help="to the bare handler")
     parser.add_argument("--warmup", type=int, default=200, help="uncounted first, per server")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=GC_THRESHOLD_DEFAULT,
+        help="the server's garbage collector setting, as `mainspring node --gc-threshold` "
+        "(0: CPython's defaults)",
+    )
     parser.add_argument(
         "--rounds", type=int, default=5, help="phases are interleaved over this many rounds"
     )

@@ -127,6 +127,7 @@ def _one_error_line(result: object) -> str:
         (["--app", APP, "--token", "short"], "at least 8 characters"),
         (["--app", APP, "--log-level", "loud"], "--log-level"),
         (["--app", APP, "--shutdown-timeout", "0"], "--shutdown-timeout must be > 0"),
+        (["--app", APP, "--gc-threshold", "-1"], "--gc-threshold"),
         ([], "Missing option '--app'"),
     ],
     ids=[
@@ -143,6 +144,7 @@ def _one_error_line(result: object) -> str:
         "short-token",
         "bad-log-level",
         "bad-shutdown-timeout",
+        "bad-gc-threshold",
         "no-app",
     ],
 )

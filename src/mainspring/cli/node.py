@@ -37,6 +37,7 @@ from mainspring.cli.cluster import CLUSTER_SECRET_ENVIRONMENT, cluster_settings,
 from mainspring.cluster.config import ClusterConfig
 from mainspring.config import NodeConfig
 from mainspring.errors import MainspringError, UsageError
+from mainspring.process import GC_THRESHOLD_DEFAULT, tune_garbage_collector
 
 if TYPE_CHECKING:
     from mainspring.gateway import Gateway
@@ -95,6 +96,7 @@ class NodeSettings:
     tokens: tuple[str, ...]
     config: NodeConfig
     cluster: ClusterConfig | None = None
+    gc_threshold: int = GC_THRESHOLD_DEFAULT
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -369,6 +371,7 @@ class _NodeRun:
             gateway = Gateway(node, tokens=settings.tokens)
             await gateway.start(settings.host, settings.port)
         url = gateway.url
+        tune_garbage_collector(settings.gc_threshold)
         self.listening = True
         self.gate.open(replay=True)
         auth = f"{len(settings.tokens)} token(s)" if settings.tokens else "no authentication"
@@ -485,6 +488,15 @@ async def serve(settings: NodeSettings, gate: _StartupGate) -> None:
     help="A cluster member silent this long leaves every view [default: 5].",
 )
 @click.option(
+    "--gc-threshold",
+    type=click.IntRange(min=0),
+    default=GC_THRESHOLD_DEFAULT,
+    show_default=True,
+    metavar="N",
+    help="Once started, freeze the start-up heap and run a young garbage collection every N "
+    "allocations (0 keeps CPython's defaults); see docs/node.md.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(_LOG_LEVELS, case_sensitive=False),
     default="info",
@@ -502,6 +514,7 @@ def node(
     advertise: str | None,
     lease_ttl_s: float | None,
     member_timeout_s: float | None,
+    gc_threshold: int,
     log_level: str,
 ) -> None:
     """Run a node with its HTTP gateway until SIGTERM or SIGINT."""
@@ -521,6 +534,7 @@ def node(
             shutdown_timeout_s,
             (secret, advertise, lease_ttl_s, member_timeout_s),
         )
+        settings = attrs.evolve(settings, gc_threshold=gc_threshold)
     except UsageError as error:
         _fail(str(error))
     asyncio.run(serve(settings, gate))
