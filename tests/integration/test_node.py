@@ -106,9 +106,18 @@ async def test_many_actors_share_group_commits(store_factory: Any) -> None:
         statistics = node.statistics()["journal"]
         assert statistics["requests"] == 300
         assert statistics["commits"] < statistics["requests"]
+        # Their 300 activations took their leases in shared transactions too.
+        assert statistics["lease_requests"] == 300
+        assert statistics["lease_batches"] < statistics["lease_requests"]
+    # And the drain released them in shared transactions.
+    assert node.journal.statistics.releases == 300
+    assert node.journal.statistics.release_batches < 300
     store = await reader_of(store_factory)
     for n in (0, 150, 299):
         assert (await replayed_state(store, f"test-account/acct-{n}")).balance_cents == n + 1
+    assert all(head.owner is None for head in await store.list_streams())
+    history = await store.read_lease_history("test-account/acct-7")
+    assert [(record.epoch, record.owner) for record in history] == [(1, "node-1")]
 
 
 async def test_duplicate_message_ids_apply_once_and_return_the_stored_reply(
