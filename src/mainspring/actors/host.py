@@ -65,6 +65,12 @@ __all__ = ["Activation", "ActorHost", "HostStatistics"]
 log: Final = logging.getLogger(__name__)
 
 _REPLAY_PAGE_EVENTS: Final = 10_000
+_LEASE_WRITE_ATTEMPTS: Final = 3
+"""Tries of a lease grant or release that the store failed. Both are safe to repeat (a node may
+always take back its own lease, and a release at an epoch is idempotent), and a lease write
+whose acknowledgement was lost may have committed: trying again turns an orphaned grant, which
+would block the actor's other nodes until it expires, into a lease that is used or released."""
+_LEASE_WRITE_BACKOFF_S: Final = 0.05
 
 
 @attrs.define(eq=False)
@@ -224,6 +230,7 @@ class Activation:
     async def hydrate(self) -> None:
         """Take the lease; rebuild the state from the latest snapshot plus the events after it."""
         host = self.host
+        failures = 0
         while True:
             try:
                 lease = await host.journal.acquire_lease(
@@ -235,6 +242,11 @@ class Activation:
                     )
                 )
                 break
+            except StoreUnavailable:
+                failures += 1
+                if failures >= _LEASE_WRITE_ATTEMPTS or host.closing:
+                    raise
+                await asyncio.sleep(_LEASE_WRITE_BACKOFF_S * failures)
             except LeaseHeld as held:
                 # In a cluster the previous owner hands the actor off (or crashed): wait for
                 # its release or expiry while this node still owns the actor.
@@ -385,7 +397,14 @@ class Activation:
             if host.config.snapshot_on_passivate and self.seq > self.snapshot_seq:
                 await self._write_snapshot()
             await crash_point("host.mid_passivation")
-            await host.journal.release_lease(host.node_id, self.stream_id, self.epoch)
+            for failures in range(1, _LEASE_WRITE_ATTEMPTS + 1):
+                try:
+                    await host.journal.release_lease(host.node_id, self.stream_id, self.epoch)
+                    break
+                except StoreUnavailable:
+                    if failures == _LEASE_WRITE_ATTEMPTS:
+                        raise
+                    await asyncio.sleep(_LEASE_WRITE_BACKOFF_S * failures)
         except (Fenced, ConcurrencyConflict, StoreUnavailable, NodeClosed) as error:
             # A newer activation already exists, or the store is away: the lease simply expires.
             log.debug(

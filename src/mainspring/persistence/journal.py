@@ -84,8 +84,9 @@ made per append, and a class instance would cost several times as much."""
 _PendingLease = tuple[LeaseRequest, "asyncio.Future[LeaseOutcome]"]
 """A lease request waiting for its transaction, and the future its caller waits on."""
 
-_PendingRelease = tuple[str, str, int, "asyncio.Future[None]"]
-"""A lease to release: owner, stream id, epoch, and the future its caller waits on."""
+_PendingRelease = tuple[str, str, int, "asyncio.Future[None] | None"]
+"""A lease to release: owner, stream id, epoch, and the future its caller waits on (None for a
+release nobody waits for)."""
 
 
 def _resolve(done: asyncio.Future[None], failure: BaseException | None) -> None:
@@ -437,7 +438,14 @@ class Journal:
         for (request, done), outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, LeaseHeld):
                 statistics.leases_refused += 1
-            if done.done():  # the caller was cancelled; a grant stands and expires unused
+            if done.done():
+                # The caller was cancelled: nobody will use this grant, so give it back at once
+                # rather than let it block the actor's other nodes until it expires.
+                if isinstance(outcome, Lease):
+                    self._releases_pending.append(
+                        (outcome.owner, outcome.stream_id, outcome.epoch, None)
+                    )
+                    self._wakeup.set()
                 continue
             if isinstance(outcome, StoreUnavailable):
                 done.set_exception(outcome)
@@ -462,7 +470,7 @@ class Journal:
             log.exception("StoreReleaseBatchFailed", extra={"requests": len(batch)})
             failure = StoreUnavailable(f"the store failed a lease release batch: {error!r}")
         for *_, done in batch:
-            if done.done():
+            if done is None or done.done():
                 continue
             if failure is None:
                 done.set_result(None)
