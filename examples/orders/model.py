@@ -50,7 +50,7 @@ import asyncio
 import functools
 import hashlib
 from collections.abc import Awaitable, Coroutine
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import attrs
 
@@ -123,7 +123,7 @@ class Release:
 @mainspring.message("example.inventory.get")
 @attrs.frozen
 class GetStock:
-    pass
+    resendable: ClassVar[bool] = True  # a read: a forward may send it again
 
 
 @mainspring.event("example.inventory.restocked", version=1)
@@ -242,7 +242,7 @@ class Notify:
 @mainspring.message("example.notifier.get")
 @attrs.frozen
 class GetNotifications:
-    pass
+    resendable: ClassVar[bool] = True  # a read: a forward may send it again
 
 
 @mainspring.event("example.notifier.notified", version=1)

@@ -12,8 +12,9 @@ from mainspring.cluster.config import ClusterConfig
 from mainspring.cluster.membership import Membership
 from mainspring.cluster.ring import HashRing
 from mainspring.config import NodeConfig
-from mainspring.errors import UsageError
+from mainspring.errors import StoreUnavailable, UsageError
 from mainspring.persistence.memory import MemoryStore
+from mainspring.persistence.store import Member
 from tests.cli.conftest import run_cli
 
 SECRET = "0123456789abcdef-secret"
@@ -23,9 +24,11 @@ START_MS = 1_700_000_000_000
 @attrs.define
 class ManualClock:
     now_ms: int = START_MS
+    wall_offset_ms: int = 0
+    """How far the wall clock is off (the monotonic clock is not)."""
 
     def wall_ms(self) -> int:
-        return self.now_ms
+        return self.now_ms + self.wall_offset_ms
 
     def monotonic_s(self) -> float:
         return self.now_ms / 1000
@@ -96,6 +99,62 @@ async def test_a_restarted_node_supersedes_its_old_process() -> None:
     assert "n0" not in old.ring  # the old process owns nothing any more
     assert await new.heartbeat()
     assert new.addresses["n0"] == "http://127.0.0.1:9100"
+
+
+class LateFirstJoin(MemoryStore):
+    """A store that holds the first ``join_member`` back, reports it failed, and applies it
+    only after the caller joined again: a request delivered late, after a partition."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[tuple[str, str, int, int]] = []
+
+    async def join_member(
+        self, node_id: str, address: str, now_ms: int, after_incarnation: int
+    ) -> Member | None:
+        if not self.held:
+            self.held.append((node_id, address, now_ms, after_incarnation))
+            raise StoreUnavailable("partitioned: join_member held")
+        return await super().join_member(node_id, address, now_ms, after_incarnation)
+
+    async def deliver_late(self) -> Member | None:
+        [held] = self.held
+        return await super().join_member(*held)
+
+
+async def test_a_join_that_reaches_the_store_late_does_not_supersede_the_node() -> None:
+    store = LateFirstJoin()
+    await store.open()
+    clock = ManualClock()
+    await Membership("n0", store, clock, config(9000)).join()  # an earlier process: row at 1
+    view = Membership("n0", store, clock, config(9100))
+    await view.join()  # the first try is held back; the second takes incarnation 2
+    assert view.incarnation == 2
+    assert await store.deliver_late() is None  # the held try finds the row moved on
+    assert await view.heartbeat()
+    await view.refresh()
+    assert view.state == "up"
+    assert "n0" in view.ring
+
+
+async def test_a_node_whose_clock_jumps_back_stays_in_every_view() -> None:
+    # Readers judge liveness by the row changing; a heartbeat stamped earlier than the last
+    # one must still change it, or the node would look dead until its clock caught up.
+    store = MemoryStore()
+    await store.open()
+    clocks = [ManualClock(), ManualClock()]
+    views = [Membership(f"n{i}", store, clocks[i], config(9000 + i)) for i in range(2)]
+    for view in views:
+        await view.join()
+    clocks[1].wall_offset_ms = -60_000  # n1's wall clock jumps back a minute
+    for _ in range(20):
+        for clock in clocks:
+            clock.now_ms += 1_000
+        for view in views:
+            assert await view.heartbeat()
+        for view in views:
+            await view.refresh()
+            assert set(view.ring.members) == {"n0", "n1"}, view.node_id
 
 
 def test_cluster_settings_are_validated() -> None:

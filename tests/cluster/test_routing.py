@@ -16,15 +16,27 @@ import aiohttp
 import attrs
 import orjson
 import pytest
+from aiohttp import web
+from examples.orders.model import GetStock
 
 import mainspring
+from mainspring.actors.workflow_runtime import (
+    ControlWorkflow,
+    DescribeWorkflow,
+    QueryWorkflow,
+    RecoverWorkflow,
+    SignalWorkflow,
+    StartWorkflow,
+)
 from mainspring.cluster.routing import (
     DELIVER_PATH,
     SECRET_HEADER,
     ForwardingFailed,
+    HttpTransport,
     RemoteError,
     decode_error,
     encode_error,
+    resendable,
 )
 from mainspring.errors import (
     CodecError,
@@ -461,3 +473,57 @@ async def test_a_node_that_runs_alone_has_no_cluster_routes(tmp_path: Path) -> N
                     assert body["error"]["code"] == "not_found"
         finally:
             await gateway.stop()
+
+
+async def test_a_forward_whose_link_breaks_is_sent_again_only_when_resendable() -> None:
+    # The owner reads the request, then its connection breaks before any answer: nobody knows
+    # whether the message was handled, so only a resendable one may go again.
+    received: list[dict[str, Any]] = []
+
+    async def break_link(request: web.Request) -> web.StreamResponse:
+        received.append(orjson.loads(await request.read()))
+        assert request.transport is not None
+        request.transport.abort()
+        return web.Response()  # written to nothing: the link is gone
+
+    app = web.Application()
+    app.router.add_post(DELIVER_PATH, break_link)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    transport = HttpTransport(SECRET)
+    transport.start()
+    try:
+        item = {
+            "actor_type": Account.type_name,
+            "actor_id": "a",
+            "message": {"t": "test.account.deposit", "v": 1, "d": {"amount": 1}},
+            "message_id": None,
+            "reply": True,
+            "hops": 1,
+            "resendable": False,
+        }
+        with pytest.raises(ForwardingFailed, match="may or may not have been handled"):
+            await transport.post("node-0", f"http://127.0.0.1:{port}", item)
+        resent = {**item, "resendable": True}
+        assert await transport.post("node-0", f"http://127.0.0.1:{port}", resent) is None
+        assert [one["resendable"] for one in received] == [False, True]
+    finally:
+        await transport.close()
+        await runner.cleanup()
+
+
+def test_reads_starts_and_messages_with_ids_are_resendable() -> None:
+    assert resendable(StartWorkflow("order", None))
+    assert resendable(DescribeWorkflow())
+    assert resendable(QueryWorkflow("status"))
+    assert resendable(RecoverWorkflow())
+    assert resendable(GetStock())
+    # A deposit applied twice would count twice; signals and controls carry ids or must not
+    # be repeated blindly.
+    assert not resendable(Deposit(1))
+    assert not resendable(SignalWorkflow("approve"))
+    assert not resendable(ControlWorkflow("cancel"))
+    assert not resendable({"plain": "json"})

@@ -604,31 +604,51 @@ async def test_using_a_store_before_open_is_a_clear_error(store_factory: Any) ->
 
 
 async def test_a_joining_member_gets_incarnation_one_then_one_more_per_rejoin(store: Any) -> None:
-    first = await store.join_member("node-1", "http://127.0.0.1:8001", NOW_MS)
+    first = await store.join_member("node-1", "http://127.0.0.1:8001", NOW_MS, 0)
     assert (first.incarnation, first.state, first.heartbeat_at_ms) == (1, "up", NOW_MS)
     await store.heartbeat_member("node-1", 1, NOW_MS + 5, "left")
-    again = await store.join_member("node-1", "http://127.0.0.1:9001", NOW_MS + 10)
+    again = await store.join_member("node-1", "http://127.0.0.1:9001", NOW_MS + 10, 1)
     assert (again.incarnation, again.state, again.address) == (2, "up", "http://127.0.0.1:9001")
     assert await store.list_members() == [again]
 
 
-async def test_concurrent_joins_under_one_id_get_distinct_incarnations(
+async def test_a_join_from_a_stale_reading_of_the_row_writes_nothing(store: Any) -> None:
+    # A first try whose acknowledgement was lost, retried from a fresh reading of the row ...
+    await store.join_member("node-1", "http://a", NOW_MS, 0)
+    retried = await store.join_member("node-1", "http://a", NOW_MS + 10, 1)
+    assert retried.incarnation == 2
+    # ... then the first try again, as a late delivery: it must not supersede the retry.
+    assert await store.join_member("node-1", "http://a", NOW_MS, 0) is None
+    assert await store.join_member("node-1", "http://a", NOW_MS, 1) is None
+    assert await store.join_member("node-1", "http://a", NOW_MS, 7) is None
+    assert await store.list_members() == [retried]
+    assert await store.heartbeat_member("node-1", 2, NOW_MS + 20)
+
+
+async def test_a_join_with_a_malformed_incarnation_is_refused(store: Any) -> None:
+    for bad in (-1, True, 1.0, "1", None):
+        with pytest.raises(UsageError, match="incarnation is an int >= 0"):
+            await store.join_member("node-1", "http://a", NOW_MS, bad)
+    assert await store.list_members() == []
+
+
+async def test_concurrent_joins_from_one_reading_let_exactly_one_win(
     store_factory: Any,
 ) -> None:
     stores = [store_factory() for _ in range(3)]
     for one in stores:
         await one.open()
     joined = await asyncio.gather(
-        *(one.join_member("node-1", f"http://n{i}", NOW_MS) for i, one in enumerate(stores))
+        *(one.join_member("node-1", f"http://n{i}", NOW_MS, 0) for i, one in enumerate(stores))
     )
-    assert sorted(member.incarnation for member in joined) == [1, 2, 3]
-    [row] = await stores[0].list_members()
-    assert row.incarnation == 3
+    [winner] = [member for member in joined if member is not None]
+    assert winner.incarnation == 1
+    assert await stores[0].list_members() == [winner]
 
 
 async def test_a_heartbeat_of_an_old_incarnation_changes_nothing(store: Any) -> None:
-    await store.join_member("node-1", "http://a", NOW_MS)
-    newer = await store.join_member("node-1", "http://b", NOW_MS + 1)
+    await store.join_member("node-1", "http://a", NOW_MS, 0)
+    newer = await store.join_member("node-1", "http://b", NOW_MS + 1, 1)
     assert not await store.heartbeat_member("node-1", 1, NOW_MS + 50)
     assert not await store.heartbeat_member("node-1", 1, NOW_MS + 50, "left")
     assert not await store.heartbeat_member("node-2", 1, NOW_MS + 50)
@@ -636,12 +656,13 @@ async def test_a_heartbeat_of_an_old_incarnation_changes_nothing(store: Any) -> 
 
 
 async def test_heartbeats_advance_time_and_state_but_never_back(store: Any) -> None:
-    await store.join_member("node-2", "http://b", NOW_MS)
-    await store.join_member("node-1", "http://a", NOW_MS)
+    await store.join_member("node-2", "http://b", NOW_MS, 0)
+    await store.join_member("node-1", "http://a", NOW_MS, 0)
     assert await store.heartbeat_member("node-1", 1, NOW_MS + 100)
     assert await store.heartbeat_member("node-1", 1, NOW_MS + 50)  # an older clock reading
     [one, two] = await store.list_members()
-    assert (one.node_id, one.heartbeat_at_ms, one.state) == ("node-1", NOW_MS + 100, "up")
+    # Never back, yet the row changes (a clock that jumped back still shows the node beats).
+    assert (one.node_id, one.heartbeat_at_ms, one.state) == ("node-1", NOW_MS + 101, "up")
     assert two.node_id == "node-2"
     assert await store.heartbeat_member("node-1", 1, NOW_MS + 200, "leaving")
     assert not await store.heartbeat_member("node-1", 1, NOW_MS + 300, "up")
@@ -649,9 +670,13 @@ async def test_heartbeats_advance_time_and_state_but_never_back(store: Any) -> N
     assert not await store.heartbeat_member("node-1", 1, NOW_MS + 500, "leaving")
     [one, _] = await store.list_members()
     assert (one.state, one.heartbeat_at_ms) == ("left", NOW_MS + 400)
+    assert await store.heartbeat_member("node-2", 1, NOW_MS)
+    assert await store.heartbeat_member("node-2", 1, NOW_MS)
+    [_, two] = await store.list_members()
+    assert two.heartbeat_at_ms == NOW_MS + 2
 
 
 async def test_a_heartbeat_with_an_unknown_state_is_refused(store: Any) -> None:
-    await store.join_member("node-1", "http://a", NOW_MS)
+    await store.join_member("node-1", "http://a", NOW_MS, 0)
     with pytest.raises(UsageError, match="member state"):
         await store.heartbeat_member("node-1", 1, NOW_MS, "gone")

@@ -238,6 +238,8 @@ _INITIAL: Final = WorkflowState()
 class StartWorkflow:
     """Start a workflow (idempotent by workflow id and input)."""
 
+    resendable: ClassVar[bool] = True
+
     workflow_type: str
     input: Any
     version: int = 0
@@ -262,6 +264,8 @@ class SignalWorkflow:
 class QueryWorkflow:
     """Ask a query handler of the workflow code (writes nothing)."""
 
+    resendable: ClassVar[bool] = True
+
     name: str
     args: Any = None
 
@@ -270,6 +274,8 @@ class QueryWorkflow:
 @attrs.frozen
 class DescribeWorkflow:
     """Return the workflow's ``WorkflowDescription`` (writes nothing)."""
+
+    resendable: ClassVar[bool] = True
 
 
 @register_message("mainspring.workflow.control", 1)
@@ -297,6 +303,8 @@ class ChildFinished:
 @attrs.frozen
 class RecoverWorkflow:
     """Wake a workflow after a restart so that its in-flight steps run again."""
+
+    resendable: ClassVar[bool] = True
 
 
 @register_message("mainspring.workflow.step_outcome", 1)

@@ -16,7 +16,7 @@ from typing import Final, final
 
 from mainspring.cluster.config import ClusterConfig
 from mainspring.cluster.ring import HashRing
-from mainspring.errors import StoreUnavailable
+from mainspring.errors import StoreUnavailable, UsageError
 from mainspring.persistence.store import Member, Store
 from mainspring.seams import Clock
 
@@ -112,19 +112,41 @@ class Membership:
         return member
 
     async def _join_member(self) -> Member:
-        """``join_member``, again after a failure: each try takes a newer incarnation, so one
-        whose acknowledgement was lost costs nothing but a skipped number."""
+        """Take the incarnation after the one the table holds for this node id.
+
+        Each try reads the row first and joins on condition that it is unchanged, so a try
+        whose acknowledgement was lost costs a skipped number, and one that reaches the store
+        late (after a partition) finds the row moved on and writes nothing, instead of
+        superseding the incarnation a later try took.
+        """
         pause_s = 0.1
-        for _ in range(_JOIN_TRIES - 1):
+        for attempt in range(1, _JOIN_TRIES + 1):
             try:
-                return await self.store.join_member(
-                    self.node_id, self.config.address, self.clock.wall_ms()
+                rows = await self.store.list_members()
+                previous = next((row for row in rows if row.node_id == self.node_id), None)
+                member = await self.store.join_member(
+                    self.node_id,
+                    self.config.address,
+                    self.clock.wall_ms(),
+                    0 if previous is None else previous.incarnation,
                 )
             except StoreUnavailable as error:
+                if attempt == _JOIN_TRIES:
+                    raise
                 log.warning("MemberJoinFailed", extra={"error": str(error)})
-                await asyncio.sleep(pause_s)
-                pause_s *= 2
-        return await self.store.join_member(self.node_id, self.config.address, self.clock.wall_ms())
+            else:
+                if member is not None:
+                    return member
+                if attempt == _JOIN_TRIES:
+                    raise UsageError(
+                        f"node {self.node_id!r} could not join: its membership row changed "
+                        f"under each of {_JOIN_TRIES} tries, so other processes keep joining "
+                        "under this node id; give every node its own node id"
+                    )
+                log.warning("MemberJoinRaced", extra={"node_id": self.node_id})
+            await asyncio.sleep(pause_s)
+            pause_s *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def heartbeat(self, state: str = "up") -> bool:
         """Write this node's heartbeat (and ``state``); False when the row is no longer ours."""

@@ -51,6 +51,7 @@ __all__ = [
     "RoutingStatistics",
     "decode_error",
     "encode_error",
+    "resendable",
 ]
 
 log: Final = logging.getLogger(__name__)
@@ -102,6 +103,14 @@ class RoutingStatistics:
     """Pauses of activations waiting for another node's lease (a departing or crashed owner)."""
     forward_latency_s: list[float] = attrs.Factory(list)
     """Recent round trips of forwarded asks (the last 1024), for percentiles."""
+
+
+def resendable(message: object) -> bool:
+    """Whether handling ``message`` twice is harmless, so that a forward whose outcome was
+    lost may send it again even without a message id: its class says so with a class
+    attribute ``resendable = True`` (a read, or a command idempotent by its content, such as
+    a workflow start)."""
+    return getattr(type(message), "resendable", False) is True
 
 
 def encode_error(error: BaseException) -> dict[str, Any]:
@@ -169,12 +178,13 @@ class ForwardTransport(Protocol):
         ...
 
     async def post(self, source: str, address: str, item: dict[str, Any]) -> dict[str, Any] | None:
-        """The receiver's outcome (``{"ok": ...}``), or None when the message provably was
-        not accepted (so it may be sent again).
+        """The receiver's outcome (``{"ok": ...}``), or None when the message may be sent
+        again: it provably was not accepted, or its outcome is unknown and ``item["resendable"]``
+        (it has a message id the receiver deduplicates, or handling it twice is harmless).
 
         Raises:
             ForwardingFailed: the outcome is unknown (the link broke after sending) and the
-                message has no id to make sending it again safe.
+                message is not resendable.
         """
         ...
 
@@ -231,8 +241,8 @@ class HttpTransport:
             return None
         except aiohttp.ClientError as error:
             # The request may have been accepted before the link broke: only a message with an
-            # id can safely be sent again (the receiver deduplicates it).
-            if item["message_id"] is not None:
+            # id (the receiver deduplicates it) or one harmless twice can safely be sent again.
+            if item["resendable"]:
                 return None
             raise ForwardingFailed(
                 f"the link to {address} broke while forwarding ({error}); the message may or "
@@ -344,6 +354,7 @@ class Router:
             "message_id": message_id,
             "reply": want_reply,
             "hops": hops + 1,
+            "resendable": message_id is not None or resendable(message),
         }
         task = loop.create_task(
             self._send(f"{actor_type}/{actor_id}", item, future),
@@ -387,7 +398,7 @@ class Router:
             )
         if item["hops"] > 1:
             # The node before us thought we own it: our view may be the stale one.
-            await self._refresh()
+            await self._refresh(deadline_s)
         last_problem = "no member is live in this node's view of the cluster"
         while True:
             owner = self.owner(stream_id)
@@ -408,13 +419,17 @@ class Router:
             self.statistics.forward_retries += 1
             await asyncio.sleep(pause_s)
             pause_s = min(pause_s * 2, _RETRY_PAUSE_MAX_S)
-            await self._refresh()
+            await self._refresh(deadline_s)
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, deadline_s: float) -> None:
+        """Re-read the membership table, waiting for it no later than ``deadline_s`` (a store
+        that hangs must not hold a forward past its timeout); the view stays as it is when
+        the read fails or is late."""
+        remaining_s = deadline_s - self.host.clock.monotonic_s()
         try:
-            await self.membership.refresh_fresh()
-        except StoreUnavailable as error:
-            log.debug("MembershipRefreshFailed", extra={"error": str(error)})
+            await asyncio.wait_for(self.membership.refresh_fresh(), max(remaining_s, 0.0))
+        except (StoreUnavailable, TimeoutError) as error:
+            log.debug("MembershipRefreshFailed", extra={"error": str(error) or "timed out"})
 
     async def _deliver_here(self, item: dict[str, Any]) -> Any:
         future = self.host.deliver(

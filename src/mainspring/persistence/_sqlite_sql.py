@@ -869,25 +869,32 @@ def select_streams(conn: sqlite3.Connection) -> list[StreamHead]:
 
 _JOIN_MEMBER: Final = """
 INSERT INTO members (node_id, address, incarnation, state, heartbeat_ms, joined_ms)
-VALUES (:node_id, :address, 1, 'up', :now_ms, :now_ms)
+VALUES (:node_id, :address, :after + 1, 'up', :now_ms, :now_ms)
 ON CONFLICT (node_id) DO UPDATE
-    SET address = :address, incarnation = incarnation + 1, state = 'up',
+    SET address = :address, incarnation = excluded.incarnation, state = 'up',
         heartbeat_ms = :now_ms, joined_ms = :now_ms
+    WHERE members.incarnation = :after
 RETURNING incarnation"""
 
 _HEARTBEAT_MEMBER: Final = """
-UPDATE members SET heartbeat_ms = max(heartbeat_ms, :now_ms), state = :state
+UPDATE members SET heartbeat_ms = max(heartbeat_ms + 1, :now_ms), state = :state
 WHERE node_id = :node_id AND incarnation = :incarnation
     AND (CASE state WHEN 'up' THEN 0 WHEN 'leaving' THEN 1 ELSE 2 END) <= :rank"""
 
 
-def join_member_tx(conn: sqlite3.Connection, node_id: str, address: str, now_ms: int) -> Member:
-    """See ``Store.join_member``: one upsert takes the next incarnation."""
+def join_member_tx(
+    conn: sqlite3.Connection, node_id: str, address: str, now_ms: int, after_incarnation: int
+) -> Member | None:
+    """See ``Store.join_member``: one conditional upsert takes the next incarnation."""
     with immediate_transaction(conn):
-        [(incarnation,)] = conn.execute(
-            _JOIN_MEMBER, {"node_id": node_id, "address": address, "now_ms": now_ms}
+        rows = conn.execute(
+            _JOIN_MEMBER,
+            {"node_id": node_id, "address": address, "now_ms": now_ms, "after": after_incarnation},
         ).fetchall()
-    assert incarnation >= 1, incarnation
+    if not rows:
+        return None
+    [(incarnation,)] = rows
+    assert incarnation == after_incarnation + 1, (incarnation, after_incarnation)
     return Member(node_id, address, incarnation, "up", now_ms, now_ms)
 
 

@@ -29,6 +29,7 @@ from mainspring.persistence.store import (
     StoredEvent,
     StreamHead,
     Timer,
+    check_incarnation,
     check_lease_requests,
     check_member_state,
     single_lease,
@@ -308,18 +309,16 @@ class MemoryStore:
             for key, s in sorted(self._streams.items())
         ]
 
-    async def join_member(self, node_id: str, address: str, now_ms: int) -> Member:
+    async def join_member(
+        self, node_id: str, address: str, now_ms: int, after_incarnation: int
+    ) -> Member | None:
         """See ``Store.join_member``."""
         self._check_open()
+        check_incarnation(after_incarnation)
         previous = self._members.get(node_id)
-        member = Member(
-            node_id,
-            address,
-            1 if previous is None else previous.incarnation + 1,
-            "up",
-            now_ms,
-            now_ms,
-        )
+        if previous is not None and previous.incarnation != after_incarnation:
+            return None
+        member = Member(node_id, address, after_incarnation + 1, "up", now_ms, now_ms)
         self._members[node_id] = member
         return member
 
@@ -337,7 +336,7 @@ class MemoryStore:
         ):
             return False
         self._members[node_id] = attrs.evolve(
-            member, state=state, heartbeat_at_ms=max(member.heartbeat_at_ms, now_ms)
+            member, state=state, heartbeat_at_ms=max(member.heartbeat_at_ms + 1, now_ms)
         )
         return True
 

@@ -48,6 +48,7 @@ from mainspring.persistence.store import (
     StoredEvent,
     StreamHead,
     Timer,
+    check_incarnation,
     check_lease_requests,
     check_member_state,
     single_lease,
@@ -696,13 +697,24 @@ class PostgresStore:
 
     # Cluster membership
 
-    async def join_member(self, node_id: str, address: str, now_ms: int) -> Member:
+    async def join_member(
+        self, node_id: str, address: str, now_ms: int, after_incarnation: int
+    ) -> Member | None:
         """See ``Store.join_member``."""
+        check_incarnation(after_incarnation)
         rows = await self._fetch(
-            "join_member", _JOIN_MEMBER_SQL, node_id, address, now_ms, writes=True
+            "join_member",
+            _JOIN_MEMBER_SQL,
+            node_id,
+            address,
+            now_ms,
+            after_incarnation,
+            writes=True,
         )
+        if not rows:
+            return None
         [(incarnation,)] = rows
-        assert incarnation >= 1, incarnation
+        assert incarnation == after_incarnation + 1, (incarnation, after_incarnation)
         return Member(node_id, address, incarnation, "up", now_ms, now_ms)
 
     async def heartbeat_member(
@@ -791,14 +803,15 @@ class PostgresStore:
 
 _JOIN_MEMBER_SQL: Final = """
 INSERT INTO members AS m (node_id, address, incarnation, state, heartbeat_ms, joined_ms)
-VALUES ($1, $2, 1, 'up', $3, $3)
+VALUES ($1, $2, $4::bigint + 1, 'up', $3, $3)
 ON CONFLICT (node_id) DO UPDATE
-    SET address = $2, incarnation = m.incarnation + 1, state = 'up', heartbeat_ms = $3,
+    SET address = $2, incarnation = EXCLUDED.incarnation, state = 'up', heartbeat_ms = $3,
         joined_ms = $3
+    WHERE m.incarnation = $4
 RETURNING incarnation"""
 
 _HEARTBEAT_MEMBER_SQL: Final = """
-UPDATE members SET heartbeat_ms = greatest(heartbeat_ms, $3), state = $4
+UPDATE members SET heartbeat_ms = greatest(heartbeat_ms + 1, $3), state = $4
 WHERE node_id = $1 AND incarnation = $2
     AND (CASE state WHEN 'up' THEN 0 WHEN 'leaving' THEN 1 ELSE 2 END) <= $5
 RETURNING incarnation"""

@@ -35,6 +35,7 @@ from mainspring.persistence.store import (
     StoredEvent,
     StreamHead,
     Timer,
+    check_incarnation,
     check_lease_requests,
     check_member_state,
     single_lease,
@@ -502,10 +503,14 @@ class SqliteStore:
 
     # Cluster membership
 
-    async def join_member(self, node_id: str, address: str, now_ms: int) -> Member:
+    async def join_member(
+        self, node_id: str, address: str, now_ms: int, after_incarnation: int
+    ) -> Member | None:
         """See ``Store.join_member``."""
+        check_incarnation(after_incarnation)
         return await self._write(
-            "join_member", lambda conn: sql.join_member_tx(conn, node_id, address, now_ms)
+            "join_member",
+            lambda conn: sql.join_member_tx(conn, node_id, address, now_ms, after_incarnation),
         )
 
     async def heartbeat_member(

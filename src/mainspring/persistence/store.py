@@ -303,6 +303,17 @@ def check_member_state(state: object) -> str:
     return state
 
 
+def check_incarnation(incarnation: object) -> int:
+    """``incarnation`` if it is an int >= 0 (a member's incarnation, 0 for none yet).
+
+    Raises:
+        UsageError: any other value.
+    """
+    if isinstance(incarnation, bool) or not isinstance(incarnation, int) or incarnation < 0:
+        raise UsageError(f"a member incarnation is an int >= 0, got {incarnation!r}")
+    return incarnation
+
+
 AppendResult = BaseException | None
 """Per request of ``append_batch``: None when committed, else the ``Fenced`` or
 ``ConcurrencyConflict`` that rejected it (nothing of that request was written)."""
@@ -438,9 +449,22 @@ class Store(Protocol):
         """Every stream's head, ordered by stream id (for checks and tooling)."""
         ...
 
-    async def join_member(self, node_id: str, address: str, now_ms: int) -> Member:
-        """Register ``node_id`` as ``up`` at ``address`` under a new incarnation (one more than
-        the row's previous one, 1 for a new node), atomically; returns the row written."""
+    async def join_member(
+        self, node_id: str, address: str, now_ms: int, after_incarnation: int
+    ) -> Member | None:
+        """Register ``node_id`` as ``up`` at ``address`` under incarnation
+        ``after_incarnation + 1``, provided the row's incarnation is still
+        ``after_incarnation`` (0: the caller saw no row); returns the row written.
+
+        Returns None, writing nothing, when the row has another incarnation: another process
+        joined under this id since the caller read it, or an earlier attempt of this very join
+        landed after all. A join is thereby conditional on what its caller read, so an attempt
+        that reaches the store late (after a partition, or after the caller gave up on it and
+        joined again) never replaces the incarnation a later attempt took.
+
+        Raises:
+            UsageError: ``after_incarnation`` is not an int >= 0.
+        """
         ...
 
     async def heartbeat_member(
@@ -448,9 +472,12 @@ class Store(Protocol):
     ) -> bool:
         """Record a heartbeat of ``node_id`` at ``incarnation`` and move it to ``state``.
 
-        The heartbeat time never moves back, and the state only forward (``up`` -> ``leaving``
-        -> ``left``). Returns False, writing nothing, when the row has another incarnation (a
-        newer process joined under this id), does not exist, or is past ``state``.
+        The heartbeat time never moves back and moves on at every heartbeat, to ``now_ms`` or
+        by 1 ms when ``now_ms`` is not later (a writer whose clock jumped back still shows
+        that it beats: readers judge liveness by the row changing); the state moves only
+        forward (``up`` -> ``leaving`` -> ``left``). Returns False, writing nothing, when
+        the row has another incarnation (a newer process joined under this id), does not
+        exist, or is past ``state``.
         """
         ...
 

@@ -51,8 +51,9 @@ class SimTransport:
 
     async def post(self, source: str, address: str, item: dict[str, Any]) -> dict[str, Any] | None:
         """See ``ForwardTransport.post``: None when the request was dropped or the target is
-        down (nothing was accepted); ``ForwardingFailed`` when the reply was lost or the target
-        crashed mid-request and the message has no id to resend it safely."""
+        down (nothing was accepted), or when the outcome is unknown and the message is resendable;
+        ``ForwardingFailed`` when the reply was lost or the target crashed mid-request and the
+        message cannot be sent again safely."""
         world = self._world
         assert address.startswith(_SCHEME), address
         target = address.removeprefix(_SCHEME)
@@ -67,8 +68,9 @@ class SimTransport:
         if fate == "duplicate":
             await self._deliver(target, item)
         if outcome is None or network.reply_lost(source, target):
-            if item.get("message_id") is not None:
-                return None  # the receiver deduplicates the message sent again
+            if item["resendable"]:
+                world.sometimes("forward_outcome_lost_resent", str(item["actor_id"]))
+                return None  # the receiver deduplicates it, or handling it twice is harmless
             raise ForwardingFailed(
                 f"the reply of {target!r} to a forwarded message was lost: it may or may not "
                 "have been handled"

@@ -742,10 +742,12 @@ class FaultyStore:
 
     # Cluster membership (faulted like any other write, delayed like any other read) ------------
 
-    async def join_member(self, node_id: str, address: str, now_ms: int) -> Member:
+    async def join_member(
+        self, node_id: str, address: str, now_ms: int, after_incarnation: int
+    ) -> Member | None:
         """See ``Store.join_member``."""
         fault = await self._write_prologue("join_member")
-        member = await self.inner.join_member(node_id, address, now_ms)
+        member = await self.inner.join_member(node_id, address, now_ms, after_incarnation)
         if fault == "lost_ack":
             raise self._lose_ack("join_member")
         return member
