@@ -443,7 +443,12 @@ orders_cluster = orders_scenario(
     seeds=100,
     max_steps=300_000,
     cluster=True,
-    sometimes=("lease_taken_over", "forward_outcome_lost_resent", "zombie_write_fenced"),
+    sometimes=(
+        "lease_taken_over",
+        "forward_outcome_lost_resent",
+        "zombie_write_fenced",
+        "member_pruned",
+    ),
 )
 """Ten orders driven through a cluster of three nodes (ring, forwarding, hand-off) over one
 store."""

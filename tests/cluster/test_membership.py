@@ -128,8 +128,8 @@ async def test_a_join_that_reaches_the_store_late_does_not_supersede_the_node() 
     clock = ManualClock()
     await Membership("n0", store, clock, config(9000)).join()  # an earlier process: row at 1
     view = Membership("n0", store, clock, config(9100))
-    await view.join()  # the first try is held back; the second takes incarnation 2
-    assert view.incarnation == 2
+    await view.join()  # the first try is held back; the second takes the next incarnation
+    assert view.incarnation == START_MS + 1
     assert await store.deliver_late() is None  # the held try finds the row moved on
     assert await view.heartbeat()
     await view.refresh()
@@ -157,6 +157,39 @@ async def test_a_node_whose_clock_jumps_back_stays_in_every_view() -> None:
             assert set(view.ring.members) == {"n0", "n1"}, view.node_id
 
 
+async def test_a_member_silent_past_the_retention_loses_its_row_and_may_rejoin() -> None:
+    store = MemoryStore()
+    await store.open()
+    clocks = [ManualClock(), ManualClock()]
+    settings = attrs.evolve(config(9000), member_retention_s=60.0)
+    views = [Membership(f"n{i}", store, clocks[i], settings) for i in range(2)]
+    for view in views:
+        await view.join()
+    survivor, silent = views
+    await survivor.refresh()
+    for _ in range(12):  # n1 stops heartbeating; n0 goes on for 60 s
+        for clock in clocks:
+            clock.now_ms += 5_000
+        assert await survivor.heartbeat()
+        await survivor.refresh()
+        assert await survivor.prune() == 0
+    assert "n1" not in survivor.ring
+    assert {m.node_id for m in await store.list_members()} == {"n0", "n1"}
+    clocks[0].now_ms += 1_000
+    assert await survivor.prune() == 1
+    await survivor.refresh()
+    assert set(survivor.members) == {"n0"}
+    assert await survivor.prune() == 0  # nothing left to prune, its own row never
+    # The old process, waking up, is not let back in; a new one under the id joins.
+    assert not await silent.heartbeat()
+    assert silent.state == "superseded"
+    again = Membership("n1", store, clocks[1], settings)
+    await again.join()
+    assert again.incarnation > silent.incarnation
+    await survivor.refresh()
+    assert set(survivor.ring.members) == {"n0", "n1"}
+
+
 def test_cluster_settings_are_validated() -> None:
     with pytest.raises(UsageError, match="at least 16"):
         ClusterConfig(address="http://a:1", secret="short")
@@ -168,6 +201,10 @@ def test_cluster_settings_are_validated() -> None:
         )
     with pytest.raises(UsageError, match="forward_hops_max"):
         ClusterConfig(address="http://a:1", secret=SECRET, forward_hops_max=0)
+    with pytest.raises(UsageError, match="member_retention_s"):
+        ClusterConfig(address="http://a:1", secret=SECRET, member_retention_s=5.0)
+    with pytest.raises(UsageError, match="member_retention_s must be a number"):
+        ClusterConfig(address="http://a:1", secret=SECRET, member_retention_s=-1)
 
 
 def test_node_command_cluster_options() -> None:

@@ -8,6 +8,7 @@ schema), as they would share one database in production.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -349,11 +350,14 @@ async def test_cluster_status_command_and_metrics(
     shown = await asyncio.to_thread(runner.invoke, main, ["cluster", "status", "--url", url])
     assert shown.exit_code == 0, shown.output
     lines = shown.output.splitlines()
-    assert lines[0].startswith("node node-1 (incarnation 1, up); ring: node-0, node-1, node-2")
+    # Incarnations are clock generations (the join's wall time in ms).
+    assert re.match(
+        r"node node-1 \(incarnation \d{13}, up\); ring: node-0, node-1, node-2;", lines[0]
+    ), lines[0]
     assert lines[1].split() == ["NODE", "STATE", "LIVE", "HEARTBEAT", "SHARE", "ADDRESS"]
-    assert [line.split()[:3] for line in lines[2:5]] == [
-        [f"node-{n}", "up#1", "yes"] for n in range(3)
-    ]
+    rows = [line.split()[:3] for line in lines[2:5]]
+    assert [(row[0], row[2]) for row in rows] == [(f"node-{n}", "yes") for n in range(3)]
+    assert all(re.fullmatch(r"up#\d{13}", row[1]) for row in rows), rows
     as_json = await asyncio.to_thread(
         runner.invoke, main, ["cluster", "status", "--url", url, "--json"]
     )

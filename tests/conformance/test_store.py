@@ -603,26 +603,55 @@ async def test_using_a_store_before_open_is_a_clear_error(store_factory: Any) ->
 # Cluster membership
 
 
-async def test_a_joining_member_gets_incarnation_one_then_one_more_per_rejoin(store: Any) -> None:
+async def test_a_joining_member_gets_a_clock_generation_then_a_higher_one_per_rejoin(
+    store: Any,
+) -> None:
     first = await store.join_member("node-1", "http://127.0.0.1:8001", NOW_MS, 0)
-    assert (first.incarnation, first.state, first.heartbeat_at_ms) == (1, "up", NOW_MS)
-    await store.heartbeat_member("node-1", 1, NOW_MS + 5, "left")
-    again = await store.join_member("node-1", "http://127.0.0.1:9001", NOW_MS + 10, 1)
-    assert (again.incarnation, again.state, again.address) == (2, "up", "http://127.0.0.1:9001")
-    assert await store.list_members() == [again]
+    assert (first.incarnation, first.state, first.heartbeat_at_ms) == (NOW_MS, "up", NOW_MS)
+    await store.heartbeat_member("node-1", NOW_MS, NOW_MS + 5, "left")
+    again = await store.join_member("node-1", "http://127.0.0.1:9001", NOW_MS + 10, NOW_MS)
+    assert (again.incarnation, again.state, again.address) == (
+        NOW_MS + 10,
+        "up",
+        "http://127.0.0.1:9001",
+    )
+    # A clock behind the row's incarnation still takes a higher one.
+    behind = await store.join_member("node-1", "http://b", NOW_MS - 60_000, NOW_MS + 10)
+    assert behind.incarnation == NOW_MS + 11
+    assert await store.list_members() == [behind]
 
 
 async def test_a_join_from_a_stale_reading_of_the_row_writes_nothing(store: Any) -> None:
     # A first try whose acknowledgement was lost, retried from a fresh reading of the row ...
-    await store.join_member("node-1", "http://a", NOW_MS, 0)
-    retried = await store.join_member("node-1", "http://a", NOW_MS + 10, 1)
-    assert retried.incarnation == 2
+    first = await store.join_member("node-1", "http://a", NOW_MS, 0)
+    retried = await store.join_member("node-1", "http://a", NOW_MS + 10, first.incarnation)
+    assert retried.incarnation > first.incarnation
     # ... then the first try again, as a late delivery: it must not supersede the retry.
     assert await store.join_member("node-1", "http://a", NOW_MS, 0) is None
-    assert await store.join_member("node-1", "http://a", NOW_MS, 1) is None
+    assert await store.join_member("node-1", "http://a", NOW_MS, first.incarnation) is None
     assert await store.join_member("node-1", "http://a", NOW_MS, 7) is None
     assert await store.list_members() == [retried]
-    assert await store.heartbeat_member("node-1", 2, NOW_MS + 20)
+    assert await store.heartbeat_member("node-1", retried.incarnation, NOW_MS + 20)
+
+
+async def test_a_pruned_row_goes_only_as_it_was_read_and_its_id_rejoins_higher(
+    store: Any,
+) -> None:
+    old = await store.join_member("node-1", "http://a", NOW_MS, 0)
+    await store.join_member("node-2", "http://b", NOW_MS, 0)
+    # A row that changed since it was read stays.
+    assert await store.heartbeat_member("node-1", old.incarnation, NOW_MS + 1_000)
+    assert not await store.prune_member("node-1", old.incarnation, NOW_MS)
+    assert not await store.prune_member("node-1", old.incarnation + 1, NOW_MS + 1_000)
+    assert not await store.prune_member("node-3", 1, NOW_MS)
+    assert await store.prune_member("node-1", old.incarnation, NOW_MS + 1_000)
+    assert [member.node_id for member in await store.list_members()] == ["node-2"]
+    # The old process, were it still running, is not let back in; a new one joins higher.
+    assert not await store.heartbeat_member("node-1", old.incarnation, NOW_MS + 2_000)
+    again = await store.join_member("node-1", "http://a", NOW_MS + 3_000, 0)
+    assert again.incarnation > old.incarnation
+    with pytest.raises(UsageError, match="incarnation is an int >= 0"):
+        await store.prune_member("node-2", -1, NOW_MS)
 
 
 async def test_a_join_with_a_malformed_incarnation_is_refused(store: Any) -> None:
@@ -642,36 +671,36 @@ async def test_concurrent_joins_from_one_reading_let_exactly_one_win(
         *(one.join_member("node-1", f"http://n{i}", NOW_MS, 0) for i, one in enumerate(stores))
     )
     [winner] = [member for member in joined if member is not None]
-    assert winner.incarnation == 1
+    assert winner.incarnation == NOW_MS
     assert await stores[0].list_members() == [winner]
 
 
 async def test_a_heartbeat_of_an_old_incarnation_changes_nothing(store: Any) -> None:
-    await store.join_member("node-1", "http://a", NOW_MS, 0)
-    newer = await store.join_member("node-1", "http://b", NOW_MS + 1, 1)
-    assert not await store.heartbeat_member("node-1", 1, NOW_MS + 50)
-    assert not await store.heartbeat_member("node-1", 1, NOW_MS + 50, "left")
-    assert not await store.heartbeat_member("node-2", 1, NOW_MS + 50)
+    old = await store.join_member("node-1", "http://a", NOW_MS, 0)
+    newer = await store.join_member("node-1", "http://b", NOW_MS + 1, old.incarnation)
+    assert not await store.heartbeat_member("node-1", old.incarnation, NOW_MS + 50)
+    assert not await store.heartbeat_member("node-1", old.incarnation, NOW_MS + 50, "left")
+    assert not await store.heartbeat_member("node-2", old.incarnation, NOW_MS + 50)
     assert await store.list_members() == [newer]
 
 
 async def test_heartbeats_advance_time_and_state_but_never_back(store: Any) -> None:
     await store.join_member("node-2", "http://b", NOW_MS, 0)
     await store.join_member("node-1", "http://a", NOW_MS, 0)
-    assert await store.heartbeat_member("node-1", 1, NOW_MS + 100)
-    assert await store.heartbeat_member("node-1", 1, NOW_MS + 50)  # an older clock reading
+    assert await store.heartbeat_member("node-1", NOW_MS, NOW_MS + 100)
+    assert await store.heartbeat_member("node-1", NOW_MS, NOW_MS + 50)  # an older clock reading
     [one, two] = await store.list_members()
     # Never back, yet the row changes (a clock that jumped back still shows the node beats).
     assert (one.node_id, one.heartbeat_at_ms, one.state) == ("node-1", NOW_MS + 101, "up")
     assert two.node_id == "node-2"
-    assert await store.heartbeat_member("node-1", 1, NOW_MS + 200, "leaving")
-    assert not await store.heartbeat_member("node-1", 1, NOW_MS + 300, "up")
-    assert await store.heartbeat_member("node-1", 1, NOW_MS + 400, "left")
-    assert not await store.heartbeat_member("node-1", 1, NOW_MS + 500, "leaving")
+    assert await store.heartbeat_member("node-1", NOW_MS, NOW_MS + 200, "leaving")
+    assert not await store.heartbeat_member("node-1", NOW_MS, NOW_MS + 300, "up")
+    assert await store.heartbeat_member("node-1", NOW_MS, NOW_MS + 400, "left")
+    assert not await store.heartbeat_member("node-1", NOW_MS, NOW_MS + 500, "leaving")
     [one, _] = await store.list_members()
     assert (one.state, one.heartbeat_at_ms) == ("left", NOW_MS + 400)
-    assert await store.heartbeat_member("node-2", 1, NOW_MS)
-    assert await store.heartbeat_member("node-2", 1, NOW_MS)
+    assert await store.heartbeat_member("node-2", NOW_MS, NOW_MS)
+    assert await store.heartbeat_member("node-2", NOW_MS, NOW_MS)
     [_, two] = await store.list_members()
     assert two.heartbeat_at_ms == NOW_MS + 2
 

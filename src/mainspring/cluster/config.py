@@ -54,6 +54,9 @@ class ClusterConfig:
             the membership table.
         member_timeout_s: a member whose last heartbeat is older than this (by the reader's
             clock) is out of every view. At least twice ``heartbeat_interval_s``.
+        member_retention_s: the row of a member this node has seen silent for this long is
+            deleted from the membership table (so departed and crashed node ids do not pile
+            up); more than ``member_timeout_s``. Its node id may join again later.
         forward_hops_max: how many times one message may be forwarded before the sender gets
             an error (views that disagree for longer than this many hops).
         forward_timeout_s: the longest a forwarded message is retried while its owner is
@@ -67,6 +70,7 @@ class ClusterConfig:
     secret: str = attrs.field(validator=_secret, repr=False)
     heartbeat_interval_s: float = attrs.field(default=1.0, validator=_positive)
     member_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    member_retention_s: float = attrs.field(default=3600.0, validator=_positive)
     forward_hops_max: int = attrs.field(default=4)
     forward_timeout_s: float = attrs.field(default=30.0, validator=_positive)
     virtual_nodes: int = attrs.field(default=DEFAULT_VIRTUAL_NODES)
@@ -78,6 +82,12 @@ class ClusterConfig:
                 f"member_timeout_s ({self.member_timeout_s}) must be at least twice "
                 f"heartbeat_interval_s ({self.heartbeat_interval_s}), or one slow heartbeat "
                 "drops a healthy member"
+            )
+        if self.member_retention_s <= self.member_timeout_s:
+            raise UsageError(
+                f"member_retention_s ({self.member_retention_s}) must be more than "
+                f"member_timeout_s ({self.member_timeout_s}): only a member out of every view "
+                "may lose its row"
             )
         hops = self.forward_hops_max
         if isinstance(hops, bool) or not isinstance(hops, int) or not 1 <= hops <= 16:

@@ -1,7 +1,8 @@
 """Membership: which nodes are in the cluster, read from the store by every node.
 
-Each node writes only its own row (``join_member`` then ``heartbeat_member`` every
-``heartbeat_interval_s``) and reads every row. A member is *live* in a view when its state is
+Each node writes its own row (``join_member`` then ``heartbeat_member`` every
+``heartbeat_interval_s``) and reads every row; the only write to another's row deletes it, once
+it stayed unchanged for ``member_retention_s``. A member is *live* in a view when its state is
 ``up`` and its last heartbeat is at most ``member_timeout_s`` old by the reader's clock. Every
 node computes its view from the same table with the same rule, so views converge within one
 heartbeat interval once the table stops changing; no node coordinates the others.
@@ -170,7 +171,30 @@ class Membership:
         self.members = {member.node_id: member for member in rows}
         for member in rows:
             self._note(member)
+        for node_id in self._seen.keys() - self.members.keys():
+            del self._seen[node_id]  # its row was pruned
         self._recompute()
+
+    async def prune(self) -> int:
+        """Delete the rows of members this node has seen silent (their row unchanged) for
+        ``member_retention_s`` by its own monotonic clock; returns how many it deleted. A row
+        that changed since this node read it is left alone, so a member that came back (or
+        that another node pruned and that joined again) keeps its row."""
+        pruned = 0
+        for member in list(self.members.values()):
+            if member.node_id == self.node_id:
+                continue
+            if self.silence_s(member) <= self.config.member_retention_s:
+                continue
+            if await self.store.prune_member(
+                member.node_id, member.incarnation, member.heartbeat_at_ms
+            ):
+                pruned += 1
+                log.info(
+                    "MemberPruned",
+                    extra={"node_id": member.node_id, "incarnation": member.incarnation},
+                )
+        return pruned
 
     async def refresh_fresh(self) -> None:
         """A refresh that reads the table after this call began, shared by the callers that
@@ -232,6 +256,8 @@ class Membership:
                 if self.state == "up":
                     await self.heartbeat()
                 await self.refresh()
+                if self.state == "up":
+                    await self.prune()
             except StoreUnavailable as error:
                 log.warning("MembershipRefreshFailed", extra={"error": str(error)})
                 # The view ages on our clock even when the store is away: members whose

@@ -869,7 +869,7 @@ def select_streams(conn: sqlite3.Connection) -> list[StreamHead]:
 
 _JOIN_MEMBER: Final = """
 INSERT INTO members (node_id, address, incarnation, state, heartbeat_ms, joined_ms)
-VALUES (:node_id, :address, :after + 1, 'up', :now_ms, :now_ms)
+VALUES (:node_id, :address, max(:after + 1, :now_ms), 'up', :now_ms, :now_ms)
 ON CONFLICT (node_id) DO UPDATE
     SET address = :address, incarnation = excluded.incarnation, state = 'up',
         heartbeat_ms = :now_ms, joined_ms = :now_ms
@@ -894,7 +894,7 @@ def join_member_tx(
     if not rows:
         return None
     [(incarnation,)] = rows
-    assert incarnation == after_incarnation + 1, (incarnation, after_incarnation)
+    assert incarnation == max(after_incarnation + 1, now_ms), (incarnation, after_incarnation)
     return Member(node_id, address, incarnation, "up", now_ms, now_ms)
 
 
@@ -915,6 +915,19 @@ def heartbeat_member_tx(
         ).rowcount
     assert updated in (0, 1), updated
     return updated == 1
+
+
+def prune_member_tx(
+    conn: sqlite3.Connection, node_id: str, incarnation: int, heartbeat_at_ms: int
+) -> bool:
+    """See ``Store.prune_member``."""
+    with immediate_transaction(conn):
+        deleted = conn.execute(
+            "DELETE FROM members WHERE node_id = ? AND incarnation = ? AND heartbeat_ms = ?",
+            (node_id, incarnation, heartbeat_at_ms),
+        ).rowcount
+    assert deleted in (0, 1), deleted
+    return deleted == 1
 
 
 def select_members(conn: sqlite3.Connection) -> list[Member]:

@@ -318,7 +318,8 @@ class MemoryStore:
         previous = self._members.get(node_id)
         if previous is not None and previous.incarnation != after_incarnation:
             return None
-        member = Member(node_id, address, after_incarnation + 1, "up", now_ms, now_ms)
+        incarnation = max(after_incarnation + 1, now_ms)
+        member = Member(node_id, address, incarnation, "up", now_ms, now_ms)
         self._members[node_id] = member
         return member
 
@@ -344,3 +345,16 @@ class MemoryStore:
         """See ``Store.list_members``."""
         self._check_open()
         return [self._members[node_id] for node_id in sorted(self._members)]
+
+    async def prune_member(self, node_id: str, incarnation: int, heartbeat_at_ms: int) -> bool:
+        """See ``Store.prune_member``."""
+        self._check_open()
+        check_incarnation(incarnation)
+        member = self._members.get(node_id)
+        if member is None or (member.incarnation, member.heartbeat_at_ms) != (
+            incarnation,
+            heartbeat_at_ms,
+        ):
+            return False
+        del self._members[node_id]
+        return True

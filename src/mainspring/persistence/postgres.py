@@ -714,7 +714,7 @@ class PostgresStore:
         if not rows:
             return None
         [(incarnation,)] = rows
-        assert incarnation == after_incarnation + 1, (incarnation, after_incarnation)
+        assert incarnation == max(after_incarnation + 1, now_ms), (incarnation, after_incarnation)
         return Member(node_id, address, incarnation, "up", now_ms, now_ms)
 
     async def heartbeat_member(
@@ -743,6 +743,21 @@ class PostgresStore:
             "ORDER BY node_id",
         )
         return [Member(*row) for row in rows]
+
+    async def prune_member(self, node_id: str, incarnation: int, heartbeat_at_ms: int) -> bool:
+        """See ``Store.prune_member``."""
+        check_incarnation(incarnation)
+        rows = await self._fetch(
+            "prune_member",
+            "DELETE FROM members WHERE node_id = $1 AND incarnation = $2 AND heartbeat_ms = $3 "
+            "RETURNING node_id",
+            node_id,
+            incarnation,
+            heartbeat_at_ms,
+            writes=True,
+        )
+        assert len(rows) <= 1, rows
+        return bool(rows)
 
     # Plumbing
 
@@ -803,7 +818,7 @@ class PostgresStore:
 
 _JOIN_MEMBER_SQL: Final = """
 INSERT INTO members AS m (node_id, address, incarnation, state, heartbeat_ms, joined_ms)
-VALUES ($1, $2, $4::bigint + 1, 'up', $3, $3)
+VALUES ($1, $2, greatest($4::bigint + 1, $3), 'up', $3, $3)
 ON CONFLICT (node_id) DO UPDATE
     SET address = $2, incarnation = EXCLUDED.incarnation, state = 'up', heartbeat_ms = $3,
         joined_ms = $3

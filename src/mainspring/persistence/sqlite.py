@@ -527,6 +527,14 @@ class SqliteStore:
         """See ``Store.list_members``."""
         return await self._read("list_members", sql.select_members)
 
+    async def prune_member(self, node_id: str, incarnation: int, heartbeat_at_ms: int) -> bool:
+        """See ``Store.prune_member``."""
+        check_incarnation(incarnation)
+        return await self._write(
+            "prune_member",
+            lambda conn: sql.prune_member_tx(conn, node_id, incarnation, heartbeat_at_ms),
+        )
+
 
 def _twice_named(requests: Sequence[AppendRequest]) -> str:
     seen: set[str] = set()

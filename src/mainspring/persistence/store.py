@@ -452,9 +452,14 @@ class Store(Protocol):
     async def join_member(
         self, node_id: str, address: str, now_ms: int, after_incarnation: int
     ) -> Member | None:
-        """Register ``node_id`` as ``up`` at ``address`` under incarnation
-        ``after_incarnation + 1``, provided the row's incarnation is still
-        ``after_incarnation`` (0: the caller saw no row); returns the row written.
+        """Register ``node_id`` as ``up`` at ``address`` under a new incarnation, provided
+        the row's incarnation is still ``after_incarnation`` (0: the caller saw no row);
+        returns the row written.
+
+        The new incarnation is ``max(after_incarnation + 1, now_ms)``: higher than the row's,
+        and (like a generation number taken from the clock) higher than any an earlier process
+        under this id could hold even after ``prune_member`` removed its row, so a long-paused
+        old process can never heartbeat its way back in.
 
         Returns None, writing nothing, when the row has another incarnation: another process
         joined under this id since the caller read it, or an earlier attempt of this very join
@@ -483,4 +488,13 @@ class Store(Protocol):
 
     async def list_members(self) -> list[Member]:
         """Every membership row, ordered by node id (departed members included)."""
+        ...
+
+    async def prune_member(self, node_id: str, incarnation: int, heartbeat_at_ms: int) -> bool:
+        """Delete ``node_id``'s row, provided it still has this incarnation and heartbeat time
+        (the very version the caller saw stay unchanged for long); True when deleted.
+
+        Raises:
+            UsageError: ``incarnation`` is not an int >= 0.
+        """
         ...

@@ -27,9 +27,11 @@ _SCHEME: Final = "sim://"
 
 def cluster_config(world: World, name: str, **options: Any) -> ClusterConfig:
     """The cluster settings of simulated node ``name`` (``options`` override the timings;
-    heartbeats every 0.5 s, members out after 2 s of silence by default)."""
+    heartbeats every 0.5 s, members out after 2 s of silence and their rows pruned after 10 s
+    by default)."""
     options.setdefault("heartbeat_interval_s", 0.5)
     options.setdefault("member_timeout_s", 2.0)
+    options.setdefault("member_retention_s", 10.0)
     options.setdefault("forward_timeout_s", 10.0)
     return ClusterConfig(
         address=f"{_SCHEME}{name}", secret=SECRET, transport=SimTransport(world), **options

@@ -767,6 +767,16 @@ class FaultyStore:
         await self._delay()
         return await self.inner.list_members()
 
+    async def prune_member(self, node_id: str, incarnation: int, heartbeat_at_ms: int) -> bool:
+        """See ``Store.prune_member``."""
+        fault = await self._write_prologue("prune_member")
+        pruned = await self.inner.prune_member(node_id, incarnation, heartbeat_at_ms)
+        if pruned:
+            self._tell("member_pruned", node_id)
+        if fault == "lost_ack":
+            raise self._lose_ack("prune_member")
+        return pruned
+
 
 def _is_a_store(store: FaultyStore) -> Store:
     """Never called: makes mypy prove that ``FaultyStore`` implements the ``Store`` protocol."""
