@@ -7,14 +7,19 @@ replay equals memory) run at the end of every run, and every acknowledged deposi
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import pytest
 
-from mainspring import NodeConfig
+import mainspring
+from mainspring import NodeConfig, WorkflowContext
+from mainspring.actors.workflow_runtime import WORKFLOW_ACTOR_TYPE
 from mainspring.errors import MainspringError
+from mainspring.persistence.store import stream_id_of
 from mainspring.simulations import run_checks, run_simulation
 from mainspring.simulations.cluster import cluster_config
 from mainspring.simulations.faults import StoreFaults
@@ -192,3 +197,51 @@ def test_a_lossy_network_with_crashes_and_perturbed_interleavings(seed: int) -> 
         perturb=True,
     )
     simulate(seed, middle, profile)
+
+
+async def slow_call() -> str:
+    """A step that takes 5 virtual seconds: long enough for its node to crash under it."""
+    await asyncio.sleep(5.0)
+    return "done"
+
+
+@mainspring.workflow("sim.cluster.one-slow-step")
+async def one_slow_step(ctx: WorkflowContext, _: None) -> str:
+    result: str = await ctx.step(slow_call)
+    return result
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_workflow_whose_owner_crashed_mid_step_is_woken_by_the_ring_change(seed: int) -> None:
+    # Nothing else would wake it: no message is coming, and the periodic recovery scan and the
+    # timer scan are hours away. The survivors' ring change must.
+    config = attrs.evolve(
+        CONFIG, workflow_recovery_interval_s=10_000.0, timer_poll_interval_s=10_000.0
+    )
+
+    async def scenario(world: World) -> str:
+        inner = world.memory_store()
+        store = world.faulty_store(inner)
+        for name in NODES:
+            await world.start_node(
+                name,
+                [],
+                store,
+                config=config,
+                workflows=[one_slow_step],
+                cluster=cluster_config(world, name),
+            )
+        cluster = world.node(NODES[0]).cluster
+        assert cluster is not None
+        owner = cluster.ring.owner(stream_id_of(WORKFLOW_ACTOR_TYPE, "w-1"))
+        survivor = next(name for name in NODES if name != owner)
+        await world.call(survivor, lambda node: node.workflows.start(one_slow_step, "w-1"))
+        await world.sleep(1.0)  # the step is running on the owner
+        world.crash(owner)
+        # Nobody asks about the workflow (a result() call would wake it): within the member
+        # timeout, the lease TTL and the step's own 5 s, far below the scans' hours, it ends.
+        await world.sleep(60.0)
+        [row] = await inner.list_instances(WORKFLOW_ACTOR_TYPE, None, 10, None)
+        return row.status
+
+    assert run_simulation(seed, scenario).value == "completed"
