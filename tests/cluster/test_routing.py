@@ -354,10 +354,18 @@ async def test_cluster_status_command_and_metrics(
     assert re.match(
         r"node node-1 \(incarnation \d{13}, up\); ring: node-0, node-1, node-2;", lines[0]
     ), lines[0]
-    assert lines[1].split() == ["NODE", "STATE", "LIVE", "HEARTBEAT", "SHARE", "ADDRESS"]
-    rows = [line.split()[:3] for line in lines[2:5]]
-    assert [(row[0], row[2]) for row in rows] == [(f"node-{n}", "yes") for n in range(3)]
-    assert all(re.fullmatch(r"up#\d{13}", row[1]) for row in rows), rows
+    assert lines[1].split() == [
+        "NODE",
+        "STATE",
+        "LIVE",
+        "HEARTBEAT",
+        "SHARE",
+        "ADDRESS",
+        "INCARNATION",
+    ]
+    rows = [line.split() for line in lines[2:5]]
+    assert [row[:3] for row in rows] == [[f"node-{n}", "up", "yes"] for n in range(3)]
+    assert all(re.fullmatch(r"\d{13}", row[-1]) for row in rows), rows
     as_json = await asyncio.to_thread(
         runner.invoke, main, ["cluster", "status", "--url", url, "--json"]
     )

@@ -113,18 +113,19 @@ def status(url: str, token: str | None, timeout_s: float, as_json: bool) -> None
         f"node {view['node_id']} (incarnation {view['incarnation']}, {view['state']}); "
         f"ring: {', '.join(view['ring']) or '-'}; ring changes: {view['ring_changes']}"
     )
-    rows = [("NODE", "STATE", "LIVE", "HEARTBEAT", "SHARE", "ADDRESS")]
+    rows = [("NODE", "STATE", "LIVE", "HEARTBEAT", "SHARE", "ADDRESS", "INCARNATION")]
     for member in view["members"]:
         rows.append(
             (
                 member["node_id"],
-                f"{member['state']}#{member['incarnation']}",
+                member["state"],
                 "yes" if member["live"] else "no",
                 "-"
                 if member["heartbeat_age_ms"] is None
                 else f"{member['heartbeat_age_ms'] / 1000:.1f}s ago",
                 f"{member['share'] * 100:.1f}%",
                 member["address"],
+                str(member["incarnation"]),
             )
         )
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
