@@ -30,7 +30,7 @@ steps; a phase's own steps and completions run alongside its starts (the figures
 acknowledgements per second while the workflows run, not a backlog left for later).
 
 Usage: python bench/http.py --store sqlite|postgres [--starts 3000] [--signals 3000]
-       [--requests 3000] [--concurrency 64] [--rounds 5] [--json]
+       [--requests 3000] [--concurrency 64] [--rounds 5] [--no-create-with-first-write] [--json]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ import orjson  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 import mainspring  # noqa: E402
-from mainspring import Node, WorkflowContext  # noqa: E402
+from mainspring import Node, NodeConfig, WorkflowContext  # noqa: E402
 from mainspring.gateway import Gateway  # noqa: E402
 from mainspring.process import GC_THRESHOLD_DEFAULT, tune_garbage_collector  # noqa: E402
 
@@ -242,7 +242,10 @@ async def measure(store: Any, arguments: argparse.Namespace) -> dict[str, Any]:
     """``--rounds`` rounds of the four phases against one node and one bare server, so that
     the load of a shared machine weighs on every kind alike."""
     concurrency, rounds = arguments.concurrency, arguments.rounds
-    node = Node("bench-http", store=store, workflows=[one_step_workflow, ticks_workflow])
+    config = NodeConfig(create_with_first_write=arguments.create_with_first_write)
+    node = Node(
+        "bench-http", store=store, workflows=[one_step_workflow, ticks_workflow], config=config
+    )
     raw_runner, raw_url = await serve_raw()
     totals = {kind: Totals() for kind in ("raw", "start", "inprocess", "signal")}
     try:
@@ -351,6 +354,7 @@ async def run(arguments: argparse.Namespace) -> dict[str, Any]:
         "signals": arguments.signals,
         "requests": arguments.requests,
         "gc_threshold": arguments.gc_threshold,
+        "create_with_first_write": arguments.create_with_first_write,
         "raw_aiohttp_req_per_s": round(raw["per_s"], 1),
         "raw_ms_p50": rounded(raw["p50_ms"]),
         "raw_ms_p99": rounded(raw["p99_ms"]),
@@ -397,6 +401,13 @@ def main(argv: Sequence[str]) -> None:
     )
     parser.add_argument(
         "--rounds", type=int, default=5, help="phases are interleaved over this many rounds"
+    )
+    parser.add_argument(
+        "--no-create-with-first-write",
+        dest="create_with_first_write",
+        action="store_false",
+        help="NodeConfig(create_with_first_write=False): a start takes its lease in a lease "
+        "transaction before its first write (the behaviour before that setting)",
     )
     arguments = parser.parse_args(argv)
     if not arguments.concurrency >= 1 or not arguments.rounds >= 1:

@@ -39,6 +39,7 @@ from mainspring.errors import NodeClosed as NodeClosed
 from mainspring.errors import NonDeterminismError as NonDeterminismError
 from mainspring.errors import Overloaded as Overloaded
 from mainspring.errors import StoreUnavailable as StoreUnavailable
+from mainspring.errors import StreamExists as StreamExists
 from mainspring.errors import UnknownActorType as UnknownActorType
 from mainspring.errors import UsageError as UsageError
 from mainspring.errors import WorkflowConflict as WorkflowConflict
@@ -79,6 +80,7 @@ __all__ = [
     "StepContext",
     "StepFailed",
     "StoreUnavailable",
+    "StreamExists",
     "UnknownActorType",
     "UsageError",
     "WorkflowClient",

@@ -16,6 +16,11 @@ def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> Non
         raise UsageError(f"{attribute.name} must be a number > 0, got {value!r}")
 
 
+def _bool(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise UsageError(f"{attribute.name} must be True or False, got {value!r}")
+
+
 def _positive_int(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UsageError(f"{attribute.name} must be an int >= 1, got {value!r}")
@@ -45,6 +50,11 @@ class NodeConfig:
         shutdown_timeout_s: how long ``stop`` drains mailboxes before it gives up on them.
         snapshot_on_passivate: write a snapshot when an actor with events since its last
             snapshot is passivated.
+        create_with_first_write: an actor activated by a message whose class says it usually
+            finds no actor yet (``creates_actor = True``, as a workflow start) is assumed new:
+            its first write creates the stream and takes the lease in one transaction, instead
+            of a lease transaction and then the write. If the actor exists after all, nothing
+            is written and the activation starts over the usual way (lease, then read).
         workflow_task_warn_s: log a ``WorkflowTaskSlow`` warning when workflow code runs this
             long without yielding (it is never killed: move blocking work into a step).
         workflow_recovery_interval_s: how often running workflows that are not live on this
@@ -63,7 +73,8 @@ class NodeConfig:
     outbox_poll_interval_s: float = attrs.field(default=1.0, validator=_positive)
     outbox_retry_interval_s: float = attrs.field(default=1.0, validator=_positive)
     shutdown_timeout_s: float = attrs.field(default=10.0, validator=_positive)
-    snapshot_on_passivate: bool = True
+    snapshot_on_passivate: bool = attrs.field(default=True, validator=_bool)
+    create_with_first_write: bool = attrs.field(default=True, validator=_bool)
     workflow_task_warn_s: float = attrs.field(default=1.0, validator=_positive)
     workflow_recovery_interval_s: float = attrs.field(default=60.0, validator=_positive)
 

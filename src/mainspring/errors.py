@@ -21,6 +21,7 @@ __all__ = [
     "NonDeterminismError",
     "Overloaded",
     "StoreUnavailable",
+    "StreamExists",
     "UnknownActorType",
     "UsageError",
     "WorkflowConflict",
@@ -83,6 +84,26 @@ class ConcurrencyConflict(MainspringError):
         super().__init__(
             f"append to {stream_id!r} expected head seq {expected_seq} but the stream is at "
             f"{actual_seq}; the actor will re-hydrate, retry the message."
+        )
+
+
+class StreamExists(ConcurrencyConflict):
+    """An append that was to create its stream (``AppendRequest.claim``) found it created
+    already: by another activation, or by an earlier attempt of its own.
+
+    Nothing was written. The activation that tried starts over the usual way: it takes the
+    stream's lease and reads what is there, then handles its messages again.
+    """
+
+    def __init__(self, stream_id: str, epoch: int, head_seq: int) -> None:
+        self.stream_id = stream_id
+        self.expected_seq = 0
+        self.actual_seq = head_seq
+        self.current_epoch = epoch
+        MainspringError.__init__(
+            self,
+            f"creating stream {stream_id!r} failed: it exists already (epoch {epoch}, head seq "
+            f"{head_seq}); the actor will take its lease and read it, retry the message.",
         )
 
 

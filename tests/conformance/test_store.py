@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mainspring.errors import ConcurrencyConflict, Fenced, LeaseHeld, UsageError
+from mainspring.errors import ConcurrencyConflict, Fenced, LeaseHeld, StreamExists, UsageError
 from mainspring.persistence.memory import MemoryStore
 from mainspring.persistence.store import (
     AppendRequest,
@@ -250,6 +250,99 @@ async def test_append_to_a_stream_never_leased_is_fenced(store: Any) -> None:
     with pytest.raises(Fenced):
         await append_one(store, request("acct/ghost", 1, 0))
     assert await store.read_events("acct/ghost") == []
+
+
+# Creating a stream with its first append (AppendRequest.claim)
+
+
+def creating(stream_id: str, owner: str = "node-1", count: int = 1, **extra: Any) -> AppendRequest:
+    return request(
+        stream_id, 1, 0, count, claim=LeaseRequest(stream_id, owner, NOW_MS, TTL_MS), **extra
+    )
+
+
+async def test_a_claim_creates_the_stream_leased_at_epoch_one_with_its_events(
+    store: Any,
+) -> None:
+    await append_one(store, creating("acct/new", count=2, status="open"))
+    head = await store.read_head("acct/new")
+    assert head is not None
+    assert (head.epoch, head.head_seq, head.owner) == (1, 2, "node-1")
+    assert head.lease_expires_at_ms == NOW_MS + TTL_MS
+    assert [(e.seq, e.epoch) for e in await store.read_events("acct/new")] == [(1, 1), (2, 1)]
+    history = await store.read_lease_history("acct/new")
+    assert [(r.epoch, r.owner, r.acquired_at_ms) for r in history] == [(1, "node-1", NOW_MS)]
+    instance = await store.read_instance("acct", "new")
+    assert instance is not None
+    assert instance.status == "open"
+    # The lease is an ordinary one: renewed, then taken over after it expires.
+    assert await store.renew_leases("node-1", [("acct/new", 1)], NOW_MS + 1, TTL_MS) == []
+    with pytest.raises(LeaseHeld):
+        await store.acquire_lease("acct/new", "node-2", NOW_MS + 2, TTL_MS)
+    later = await store.acquire_lease("acct/new", "node-2", NOW_MS + 1 + TTL_MS, TTL_MS)
+    assert (later.epoch, later.head_seq) == (2, 2)
+    with pytest.raises(Fenced):
+        await append_one(store, request("acct/new", 1, 2))
+
+
+async def test_a_claim_on_a_stream_that_exists_writes_nothing(store: Any) -> None:
+    """Leased without events, or written: either way the stream exists and a claim fails."""
+    await store.acquire_lease("acct/leased", "node-2", NOW_MS, TTL_MS)
+    await append_one(store, creating("acct/written", owner="node-2", count=3))
+    for stream_id, epoch, head_seq in (("acct/leased", 1, 0), ("acct/written", 1, 3)):
+        with pytest.raises(StreamExists) as caught:
+            await append_one(store, creating(stream_id, dedupe=[DedupeRecord("m", 1, b"1")]))
+        assert isinstance(caught.value, ConcurrencyConflict)
+        assert (caught.value.current_epoch, caught.value.actual_seq) == (epoch, head_seq)
+        head = await store.read_head(stream_id)
+        assert head is not None
+        assert (head.epoch, head.head_seq, head.owner) == (epoch, head_seq, "node-2")
+        assert len(await store.read_lease_history(stream_id)) == 1
+        assert await store.read_dedupe(stream_id, 10) == []
+    # The same owner, too: a claim never takes over, it only creates.
+    with pytest.raises(StreamExists):
+        await append_one(store, creating("acct/written", owner="node-2"))
+
+
+async def test_claims_in_one_batch_are_decided_each_on_its_own(store: Any) -> None:
+    await store.acquire_lease("acct/taken", "node-2", NOW_MS, TTL_MS)
+    lease = await store.acquire_lease("acct/plain", "node-1", NOW_MS, TTL_MS)
+    results = await store.append_batch(
+        [
+            creating("acct/fresh-1"),
+            creating("acct/taken"),
+            request("acct/plain", lease.epoch, 0, 2),
+            creating("acct/fresh-2", count=2),
+        ]
+    )
+    assert results[0] is None
+    assert isinstance(results[1], StreamExists)
+    assert results[2:] == [None, None]
+    assert [len(await store.read_events(s)) for s in ("acct/fresh-1", "acct/fresh-2")] == [1, 2]
+    assert await store.read_events("acct/taken") == []
+    assert len(await store.read_events("acct/plain")) == 2
+
+
+async def test_concurrent_claims_of_one_stream_create_it_once(store_factory: Any) -> None:
+    """Two nodes assume the same actor new at once: one creates it, the other is refused."""
+    stores = [store_factory(), store_factory()]
+    for each in stores:
+        await each.open()
+    results = await asyncio.gather(
+        *(
+            each.append_batch([creating("acct/race", owner=f"node-{n}")])
+            for n, each in enumerate(stores, start=1)
+        )
+    )
+    outcomes = [result for [result] in results]
+    assert sorted(outcome is None for outcome in outcomes) == [False, True]
+    refused = next(outcome for outcome in outcomes if outcome is not None)
+    assert isinstance(refused, StreamExists)
+    winner = "node-1" if outcomes[0] is None else "node-2"
+    head = await stores[0].read_head("acct/race")
+    assert head is not None
+    assert (head.epoch, head.head_seq, head.owner) == (1, 1, winner)
+    assert [r.owner for r in await stores[0].read_lease_history("acct/race")] == [winner]
 
 
 async def test_second_activation_fences_the_first(store: Any) -> None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 import mainspring
@@ -100,6 +101,43 @@ async def test_start_is_idempotent_for_the_same_input_and_conflicts_otherwise(
     # after completion the same start still returns the existing run
     await node.workflows.start(w.pipeline, "p-1", 1)
     assert effects.attempts["p-1/1"] == 1
+
+
+async def test_a_start_creates_its_workflow_with_its_first_write_and_falls_back_if_it_exists(
+    store_factory: Callable[[], Any], effects: w.Effects
+) -> None:
+    """A start assumes its workflow is new: the start's own commit creates the stream and takes
+    its lease, with no lease transaction before it. A start that finds the workflow there
+    (here: after a restart) writes nothing that way and is answered by an activation that took
+    the lease and read the workflow, as before; so is a start that writes nothing at all."""
+    stream_id = "mainspring.workflow/p-1"
+    async with Node("n1", store=store_factory(), workflows=ALL, config=FAST) as node:
+        reply = await node.workflows.start_with_outcome(w.pipeline, "p-1", 1)
+        assert reply.created
+        assert node.host.journal.statistics.lease_batches == 0
+        assert node.host.statistics.leases_acquired == 1
+        first = await node.workflows.result("p-1", timeout_s=20)
+        with pytest.raises(UsageError, match="not registered"):
+            await node.workflows.start("test.nope", "x-1", None)
+        assert node.host.statistics.claims_abandoned == 1
+        history = await node.host.store.read_lease_history(stream_id)
+        assert [(record.epoch, record.owner) for record in history] == [(1, "n1")]
+    async with Node("n2", store=store_factory(), workflows=ALL, config=FAST) as node:
+        again = await node.workflows.start_with_outcome(w.pipeline, "p-1", 1)
+        assert not again.created
+        assert node.host.statistics.claims_refused == 1
+        assert await node.workflows.result("p-1", timeout_s=20) == first
+        with pytest.raises(WorkflowConflict, match="different input"):
+            await node.workflows.start(w.pipeline, "p-1", 2)
+        history = await node.host.store.read_lease_history(stream_id)
+        assert [(record.epoch, record.owner) for record in history] == [(1, "n1"), (2, "n2")]
+    assert effects.attempts["p-1/1"] == 1
+    # Switched off, a start takes its lease first, in a lease transaction.
+    config = attrs.evolve(FAST, create_with_first_write=False)
+    async with Node("n3", store=store_factory(), workflows=ALL, config=config) as node:
+        assert (await node.workflows.start_with_outcome(w.pipeline, "p-2", 1)).created
+        assert node.host.journal.statistics.lease_batches >= 1
+        assert node.host.statistics.claims_refused == 0
 
 
 async def test_bad_input_is_refused_with_a_clear_error(node: Node) -> None:

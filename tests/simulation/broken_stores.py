@@ -48,3 +48,22 @@ class DedupeOffStore(_Delegating):
 
     async def read_dedupe(self, stream_id: str, limit: int) -> list[DedupeRecord]:
         return []
+
+
+class ClaimIgnoresLeaseStore(_Delegating):
+    """Takes a stream with no events for new: a request that creates its stream (``claim``)
+    takes it over even while another node holds its lease, as a store that checked for events
+    instead of for a lease would."""
+
+    async def append_batch(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        rewritten = []
+        for request in requests:
+            claim = request.claim
+            head = await self.inner.read_head(request.stream_id)
+            if claim is not None and head is not None and head.head_seq == 0:
+                lease = await self.inner.acquire_lease(
+                    request.stream_id, claim.owner, claim.now_ms, claim.ttl_ms, steal=True
+                )
+                request = attrs.evolve(request, claim=None, epoch=lease.epoch)
+            rewritten.append(request)
+        return await self.inner.append_batch(rewritten)

@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 
 import mainspring
-from mainspring import RetryPolicy, WorkflowContext
+from mainspring import NodeConfig, RetryPolicy, WorkflowContext
 from mainspring.errors import (
     ConcurrencyConflict,
     Fenced,
@@ -156,7 +156,11 @@ cut from the store) waits a whole poll interval before it looks again."""
 
 
 def workflows_under_profile(
-    *, nodes: Sequence[str] = ("n1",), count: int = 5, safety_s: float = 30.0
+    *,
+    nodes: Sequence[str] = ("n1",),
+    count: int = 5,
+    safety_s: float = 30.0,
+    config: NodeConfig = WORKFLOW_CONFIG,
 ) -> Callable[[World], Awaitable[dict[str, Any]]]:
     """Start ``count`` payment workflows through random nodes; heal after ``safety_s``; every
     workflow must close (``check_liveness``) with the expected result, every effect applied at
@@ -167,9 +171,7 @@ def workflows_under_profile(
         try:
             store = world.faulty_store(world.sqlite_store())
             for name in nodes:
-                await world.start_node(
-                    name, [], store, config=WORKFLOW_CONFIG, workflows=[payments]
-                )
+                await world.start_node(name, [], store, config=config, workflows=[payments])
 
             async def start(index: int) -> None:
                 # Until the heal a partitioned node may hold the workflow's lease for its whole

@@ -3,6 +3,7 @@ recovers (the world restarts the node like a supervisor)."""
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from mainspring import crashpoints
@@ -10,6 +11,7 @@ from mainspring.crashpoints import CRASH_POINTS, crash_point
 from mainspring.node import Node
 from mainspring.simulations import FaultProfile, NodeDown, World, run_simulation
 from tests.simulation.profile_scenarios import (
+    WORKFLOW_CONFIG,
     ledger_under_profile,
     payments,
     workflows_under_profile,
@@ -152,8 +154,11 @@ def test_a_crash_right_after_start_returned_leaves_the_node_crashed_not_running(
 def test_a_node_that_crashes_each_time_it_takes_a_lease_recovers_after_heal() -> None:
     """Every activation crashes its node right after taking the lease, including those the
     node's start-up recovery makes just after ``start`` returned: the world restarts it again
-    and again, and once the faults heal the workflows complete."""
+    and again, and once the faults heal the workflows complete. (A start creates its workflow
+    with its first write, a lease included; with that off, the start takes a lease too.)"""
     profile = FaultProfile(crash_points={"host.after_lease": 1.0})
-    result = run_simulation(0, workflows_under_profile(count=2, safety_s=10), profile=profile)
+    config = attrs.evolve(WORKFLOW_CONFIG, create_with_first_write=False)
+    scenario = workflows_under_profile(count=2, safety_s=10, config=config)
+    result = run_simulation(0, scenario, profile=profile)
     assert result.value["effects"] == 2 * 2
     assert result.sometimes["crash_point:host.after_lease"] >= 2

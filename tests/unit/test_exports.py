@@ -33,6 +33,7 @@ EXPECTED_TOP_LEVEL = [
     "StepContext",
     "StepFailed",
     "StoreUnavailable",
+    "StreamExists",
     "UnknownActorType",
     "UsageError",
     "WorkflowClient",

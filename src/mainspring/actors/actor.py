@@ -25,7 +25,15 @@ from mainspring.persistence.store import NewEvent, OutboxMessage, StoredEvent, T
 if TYPE_CHECKING:
     from mainspring.actors.host import Activation
 
-__all__ = ["Actor", "ActorContext", "Reminder", "fold_events", "handler", "replay"]
+__all__ = [
+    "Actor",
+    "ActorContext",
+    "Reminder",
+    "creates_actor",
+    "fold_events",
+    "handler",
+    "replay",
+]
 
 S = TypeVar("S")
 E = TypeVar("E", bound=BaseException)
@@ -68,6 +76,19 @@ def handler(target: Any = None) -> Any:
     raise UsageError(
         f"use @handler or @handler(MessageType) on an Actor method, not @handler({target!r})"
     )
+
+
+def creates_actor(message: object) -> bool:
+    """Whether ``message`` usually reaches an actor that does not exist yet, so that the node
+    may assume it new when it activates the actor for it: its class says so with a class
+    attribute ``creates_actor = True`` (a workflow start does).
+
+    The assumption saves a store transaction: the activation's first write creates the stream
+    and takes its lease together (``NodeConfig.create_with_first_write``). When the actor
+    exists after all, nothing is written and the message is handled again by an activation
+    that read the actor's state, so the flag is only about speed, never about outcomes.
+    """
+    return getattr(type(message), "creates_actor", False) is True
 
 
 def _message_type_of(function: Callable[..., Any], owner: type) -> type:

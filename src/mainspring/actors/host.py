@@ -28,7 +28,7 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
-from mainspring.actors.actor import Actor, ActorContext, fold_events
+from mainspring.actors.actor import Actor, ActorContext, creates_actor, fold_events
 from mainspring.codec import Registry
 from mainspring.config import NodeConfig
 from mainspring.crashpoints import crash_point
@@ -40,6 +40,7 @@ from mainspring.errors import (
     NodeClosed,
     Overloaded,
     StoreUnavailable,
+    StreamExists,
     UnknownActorType,
     UsageError,
 )
@@ -106,6 +107,10 @@ class HostStatistics:
     leases_acquired: int = 0
     leases_renewed: int = 0
     leases_lost: int = 0
+    claims_refused: int = 0
+    """Activations assumed new whose first write found the actor existing (they start over)."""
+    claims_abandoned: int = 0
+    """Activations assumed new whose first messages wrote nothing (they start over)."""
 
 
 def _settle(envelope: _Envelope, *, result: Any = None, error: BaseException | None = None) -> None:
@@ -194,7 +199,9 @@ class _IdleWait:
 class Activation:
     """One live actor: its state, its mailbox and the task that is its single writer."""
 
-    def __init__(self, host: ActorHost, actor_cls: type[Actor[Any]], actor_id: str) -> None:
+    def __init__(
+        self, host: ActorHost, actor_cls: type[Actor[Any]], actor_id: str, claim: bool = False
+    ) -> None:
         self.host: Final = host
         self.actor_cls: Final = actor_cls
         self.actor: Final = actor_cls()
@@ -216,6 +223,9 @@ class Activation:
         """The journal rejected or failed a batch: this activation was dropped."""
         self._commit_outcome: asyncio.Future[bool] | None = None
         self.hydrated = False
+        self.claiming = claim
+        """Assumed new: not hydrated, and the first write creates the stream and takes its
+        lease (``AppendRequest.claim``) until that write is decided."""
         self._outbox_counter = 0
         self.task: asyncio.Task[None] | None = None
 
@@ -323,7 +333,13 @@ class Activation:
         """The actor's single-writer loop, from hydration to passivation."""
         host = self.host
         try:
-            await self.hydrate()
+            if self.claiming:
+                # Assumed new: the state is the initial one, and the first write creates the
+                # stream at epoch 1 (the epoch of a stream's creation) with its lease.
+                self.epoch = 1
+                self.status = self.actor.status(self.state)
+            else:
+                await self.hydrate()
         except Exception as error:
             host.forget(self)
             if host.router is not None and not host.owns(self.stream_id):
@@ -543,6 +559,12 @@ class Activation:
                 snapshot_requested,
             )
         assert working is self.state  # nothing was emitted, so nothing changed
+        if self.claiming:
+            # Nothing to create the stream with, and an answer read from a state that was only
+            # assumed new could be wrong: start over the usual way (lease, then read).
+            self.host.statistics.claims_abandoned += 1
+            self.mailbox.extendleft(reversed(batch))
+            return False
         for envelope, reply, outcome_error in outcomes:
             _settle(envelope, result=reply, error=outcome_error)
         if callbacks:
@@ -570,6 +592,7 @@ class Activation:
     ) -> bool:
         host = self.host
         new_seq = self.seq + len(events)
+        now_ms = host.clock.wall_ms()
         snapshot = None
         every = self.actor_cls.snapshot_every
         if (snapshot_requested and events) or (every > 0 and new_seq - self.snapshot_seq >= every):
@@ -580,7 +603,7 @@ class Activation:
             epoch=self.epoch,
             expected_seq=self.seq,
             events=events,
-            recorded_at_ms=host.clock.wall_ms(),
+            recorded_at_ms=now_ms,
             dedupe=dedupe or (),
             dedupe_window=self.actor_cls.dedupe_window,
             outbox=outbox or (),
@@ -588,6 +611,11 @@ class Activation:
             timers_cancelled=sorted(timers_cancelled) if timers_cancelled else (),
             snapshot=snapshot,
             status=status if status != self.status else None,
+            claim=(
+                LeaseRequest(self.stream_id, host.node_id, now_ms, host.config.lease_ttl_ms)
+                if self.claiming
+                else None
+            ),
         )
         if host.reply_before_commit:  # broken on purpose (mainspring.simulations.selfcheck)
             for envelope, reply, error in outcomes:
@@ -599,6 +627,18 @@ class Activation:
             assert self.committing
             self.committing = False
             self.busy = False
+            refused = False
+            if self.claiming:
+                self.claiming = False
+                if failure is None:
+                    self.hydrated = True  # the stream is ours, at epoch 1, as written
+                    host.statistics.leases_acquired += 1
+                elif isinstance(failure, StreamExists):
+                    # Not new after all, and nothing was written: the messages go to a new
+                    # activation, which takes the lease and reads the stream.
+                    host.statistics.claims_refused += 1
+                    self.mailbox.extendleft(reversed([envelope for envelope, _, _ in outcomes]))
+                    refused = True
             try:
                 if failure is None:
                     self._apply_commit(
@@ -612,9 +652,9 @@ class Activation:
                 log.exception("CommitCompletionFailed", extra={"stream_id": self.stream_id})
                 failure = error
             if failure is not None:
-                if isinstance(failure, Fenced | ConcurrencyConflict):
+                if isinstance(failure, Fenced | ConcurrencyConflict) and not refused:
                     host.statistics.fenced += 1
-                for envelope, _, _ in outcomes:
+                for envelope, _, _ in () if refused else outcomes:
                     _settle(envelope, error=failure)
                 # Our view of the stream is not to be trusted: leave without releasing the
                 # lease; queued messages start afresh in a new activation.
@@ -773,7 +813,7 @@ class ActorHost:
                 raise NodeClosed(f"node {self.node_id!r} is stopping; send the message elsewhere")
         activation = self.live.get(stream_id)
         if activation is None:
-            activation = self._activate(actor_cls, actor_id)
+            activation = self._activate(actor_cls, actor_id, claim=self._claims(message))
         if len(activation.mailbox) >= self.config.mailbox_messages_max:
             raise Overloaded(f"the mailbox of {stream_id!r}", self.config.mailbox_messages_max, 1.0)
         future = asyncio.get_running_loop().create_future() if want_reply else None
@@ -786,8 +826,15 @@ class ActorHost:
         self.live.move_to_end(stream_id)
         return future
 
-    def _activate(self, actor_cls: type[Actor[Any]], actor_id: str) -> Activation:
-        activation = Activation(self, actor_cls, actor_id)
+    def _claims(self, message: object) -> bool:
+        """Whether an activation for ``message`` assumes its actor is new (see
+        ``NodeConfig.create_with_first_write``)."""
+        return self.config.create_with_first_write and creates_actor(message)
+
+    def _activate(
+        self, actor_cls: type[Actor[Any]], actor_id: str, *, claim: bool = False
+    ) -> Activation:
+        activation = Activation(self, actor_cls, actor_id, claim)
         self.live[activation.stream_id] = activation
         if len(self.live) > self.config.live_actors_max:
             self._shed(len(self.live) - self.config.live_actors_max)

@@ -239,6 +239,7 @@ class StartWorkflow:
     """Start a workflow (idempotent by workflow id and input)."""
 
     resendable: ClassVar[bool] = True
+    creates_actor: ClassVar[bool] = True
 
     workflow_type: str
     input: Any

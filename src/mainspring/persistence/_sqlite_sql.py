@@ -21,7 +21,7 @@ from typing import Final
 import attrs
 import orjson
 
-from mainspring.errors import ConcurrencyConflict, Fenced, LeaseHeld
+from mainspring.errors import ConcurrencyConflict, Fenced, LeaseHeld, StreamExists
 from mainspring.persistence.store import (
     MEMBER_STATES,
     SCHEMA_VERSION,
@@ -534,13 +534,51 @@ def append_batch_tx(
     batch can go in one ``executemany``.
     """
     with immediate_transaction(conn):
-        results = _advance_heads(conn, requests)
+        refused = _claim_streams(conn, requests)
+        if refused:
+            advanced = iter(
+                _advance_heads(conn, [r for r in requests if r.stream_id not in refused])
+            )
+            results = [
+                refused[request.stream_id] if request.stream_id in refused else next(advanced)
+                for request in requests
+            ]
+        else:
+            results = _advance_heads(conn, requests)
         accepted = [
             request for request, result in zip(requests, results, strict=True) if result is None
         ]
         _write_accepted(conn, accepted)
     assert len(results) == len(requests)
     return results
+
+
+_CLAIM_STREAM: Final = """
+INSERT INTO streams (stream_id, epoch, head, owner, lease_expires_ms) VALUES (?, 1, 0, ?, ?)
+ON CONFLICT (stream_id) DO NOTHING"""
+
+
+def _claim_streams(
+    conn: sqlite3.Connection, requests: Sequence[AppendRequest]
+) -> dict[str, AppendResult]:
+    """Create the streams the requests with a ``claim`` name, each at epoch 1 leased to the
+    claim's owner (and recorded in the lease history); the ``StreamExists`` of every claim
+    whose stream was there already, by stream id."""
+    refused: dict[str, AppendResult] = {}
+    for request in requests:
+        claim = request.claim
+        if claim is None:
+            continue
+        row = (request.stream_id, claim.owner, claim.now_ms + claim.ttl_ms)
+        if conn.execute(_CLAIM_STREAM, row).rowcount == 1:
+            conn.execute(_RECORD_LEASE, (request.stream_id, 1, claim.owner, claim.now_ms))
+            continue
+        current = conn.execute(
+            "SELECT epoch, head FROM streams WHERE stream_id = ?", (request.stream_id,)
+        ).fetchone()
+        assert current is not None, request.stream_id
+        refused[request.stream_id] = StreamExists(request.stream_id, current[0], current[1])
+    return refused
 
 
 def _advance_heads(

@@ -12,7 +12,7 @@ from typing import final
 
 import attrs
 
-from mainspring.errors import ConcurrencyConflict, Fenced, LeaseHeld, UsageError
+from mainspring.errors import ConcurrencyConflict, Fenced, LeaseHeld, StreamExists, UsageError
 from mainspring.persistence.store import (
     MEMBER_STATES,
     AppendRequest,
@@ -140,6 +140,14 @@ class MemoryStore:
 
     def _append_one(self, request: AppendRequest) -> AppendResult:
         stream = self._streams.get(request.stream_id)
+        claim = request.claim
+        if claim is not None:
+            if stream is not None:
+                return StreamExists(request.stream_id, stream.epoch, len(stream.events))
+            stream = self._streams[request.stream_id] = _Stream(
+                epoch=1, owner=claim.owner, lease_expires_at_ms=claim.now_ms + claim.ttl_ms
+            )
+            stream.leases.append(LeaseRecord(request.stream_id, 1, claim.owner, claim.now_ms))
         if stream is None or stream.epoch != request.epoch:
             current = 0 if stream is None else stream.epoch
             return Fenced(request.stream_id, request.epoch, current)

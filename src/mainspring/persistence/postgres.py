@@ -30,7 +30,14 @@ from typing import Any, Final, final
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from mainspring.errors import ConcurrencyConflict, Fenced, LeaseHeld, StoreUnavailable, UsageError
+from mainspring.errors import (
+    ConcurrencyConflict,
+    Fenced,
+    LeaseHeld,
+    StoreUnavailable,
+    StreamExists,
+    UsageError,
+)
 from mainspring.persistence.store import (
     MEMBER_STATES,
     SCHEMA_VERSION,
@@ -167,6 +174,25 @@ WITH wanted AS MATERIALIZED (
     SELECT g.stream_id, g.epoch, w.owner, w.now_ms FROM granted g JOIN wanted w USING (stream_id)
 )
 SELECT stream_id, epoch, head FROM granted
+"""
+
+# The streams that append requests with a claim create, leased at epoch 1 (as _ACQUIRE_LEASES_SQL
+# creates a stream), in stream-id order; a stream that exists is left alone and not returned.
+_CREATE_STREAMS_SQL: Final = """
+WITH wanted AS MATERIALIZED (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text::bigint[],
+                         $6::text::bigint[])
+        AS w(stream_id, actor_type, actor_id, owner, now_ms, expires_ms)
+), created AS (
+    INSERT INTO streams (stream_id, actor_type, actor_id, epoch, head, owner, lease_expires_ms)
+    SELECT stream_id, actor_type, actor_id, 1, 0, owner, expires_ms FROM wanted ORDER BY stream_id
+    ON CONFLICT (stream_id) DO NOTHING
+    RETURNING stream_id
+), recorded AS (
+    INSERT INTO lease_history (stream_id, epoch, owner, acquired_ms)
+    SELECT c.stream_id, 1, w.owner, w.now_ms FROM created c JOIN wanted w USING (stream_id)
+)
+SELECT stream_id FROM created
 """
 
 # Renewal and release touch many stream rows: lock them in stream-id order first, as
@@ -524,7 +550,11 @@ class PostgresStore:
         # index) in key order; the function itself locks the streams in that order.
         order = sorted(range(len(requests)), key=lambda index: requests[index].stream_id)
         arguments = _append_arguments(requests, order)
-        rows = await self._fetch("append_batch", _APPEND_SQL, *arguments, writes=True)
+        claims = [request for request in requests if request.claim is not None]
+        if claims:
+            rows = await self._append_creating(claims, requests, order, arguments)
+        else:
+            rows = await self._fetch("append_batch", _APPEND_SQL, *arguments, writes=True)
         assert len(rows) <= len(requests), (len(rows), len(requests))
         results: list[AppendResult] = [None] * len(requests)
         for request_index, current_epoch, current_head in rows:
@@ -532,6 +562,53 @@ class PostgresStore:
             assert results[original] is None, request_index
             results[original] = _rejection(requests[original], current_epoch, current_head)
         return results
+
+    async def _append_creating(
+        self,
+        claims: Sequence[AppendRequest],
+        requests: Sequence[AppendRequest],
+        order: Sequence[int],
+        arguments: list[list[Any] | str | None],
+    ) -> list[Any]:
+        """``append_batch`` for a batch where some requests create their streams: one
+        transaction creates the streams that do not exist yet (leased at epoch 1 to the claims'
+        owners), then runs the batch with epoch 0, which no stream has, for the claims that
+        found their stream there (so the function turns them down with its epoch and head)."""
+        pool = self._require_pool()
+        split = [split_stream_id(claim.stream_id) for claim in claims]
+        sent = False
+        try:
+            async with pool.acquire(timeout=self._command_timeout_s) as connection:
+                sent = True
+                async with connection.transaction():
+                    created = {
+                        row[0]
+                        for row in await connection.fetch(
+                            _CREATE_STREAMS_SQL,
+                            [claim.stream_id for claim in claims],
+                            [actor_type for actor_type, _ in split],
+                            [actor_id for _, actor_id in split],
+                            [_claim_of(claim).owner for claim in claims],
+                            _integer_array([_claim_of(claim).now_ms for claim in claims]),
+                            _integer_array(
+                                [_claim_of(c).now_ms + _claim_of(c).ttl_ms for c in claims]
+                            ),
+                        )
+                    }
+                    if len(created) < len(claims):
+                        epochs = [
+                            0
+                            if request.claim is not None and request.stream_id not in created
+                            else request.epoch
+                            for request in (requests[original] for original in order)
+                        ]
+                        position = [name for name, _ in _APPEND_PARAMETERS].index("p_epoch")
+                        arguments = list(arguments)
+                        arguments[position] = _integer_array(epochs)
+                    return list(await connection.fetch(_APPEND_SQL, *arguments))
+        except _DRIVER_ERRORS as error:
+            ambiguous = sent and not _failed_before_commit(error)
+            raise self._unavailable("append_batch", error, ambiguous=ambiguous) from error
 
     # Reads
 
@@ -1066,10 +1143,20 @@ def _outbox_columns(numbered: list[tuple[int, AppendRequest]]) -> dict[str, list
     }
 
 
+def _claim_of(request: AppendRequest) -> LeaseRequest:
+    claim = request.claim
+    assert claim is not None, request
+    return claim
+
+
 def _rejection(
     request: AppendRequest, current_epoch: int | None, current_head: int | None
 ) -> BaseException:
     """Why the function turned ``request`` down, from the stream's epoch and head it saw."""
+    if request.claim is not None:
+        assert current_epoch is not None, request
+        assert current_head is not None, request
+        return StreamExists(request.stream_id, current_epoch, current_head)
     if current_epoch is None or current_epoch != request.epoch:
         return Fenced(request.stream_id, request.epoch, current_epoch or 0)
     assert current_head is not None

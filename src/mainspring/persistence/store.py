@@ -11,6 +11,9 @@ followed by a write):
   request's epoch equals the stream's epoch (else ``Fenced``) and its ``expected_seq`` equals the
   stream's head (else ``ConcurrencyConflict``).
 * Sequence numbers of a stream are ``1..head`` with no gap and no duplicate.
+* A request with a ``claim`` creates its stream: it commits only if the stream was never
+  leased, and then grants the claim's owner the lease at epoch 1 (recorded in the lease history
+  like any grant) together with the request's writes. Otherwise it fails with ``StreamExists``.
 * In ``append_batch`` each request succeeds or fails on its own: one request's conflict never
   fails another's events. Everything one request carries (events, dedupe records, outbox rows,
   timers, snapshot, instance status) commits together or not at all.
@@ -250,10 +253,20 @@ class AppendRequest:
     same state re-encoded by newer code)."""
     status: str | None = None
     """The instance's status for the index; None leaves it as it is (``active`` when new)."""
+    claim: LeaseRequest | None = None
+    """Create the stream with this request: it commits only if the stream was never leased,
+    and then the claim's owner holds the lease at epoch 1 (``epoch`` must be 1 and
+    ``expected_seq`` 0). A stream that exists refuses it with ``StreamExists``. One transaction
+    instead of two (a lease grant, then the first append) for an actor that is new."""
 
     def __attrs_post_init__(self) -> None:
         assert self.epoch >= 1, self
         assert self.expected_seq >= 0, self
+        if self.claim is not None:
+            assert self.epoch == 1, self
+            assert self.expected_seq == 0, self
+            assert self.claim.stream_id == self.stream_id, self
+            assert not self.claim.steal, self
         if self.snapshot is not None:
             assert self.snapshot.stream_id == self.stream_id
             assert self.snapshot.seq == self.expected_seq + len(self.events)
@@ -315,8 +328,9 @@ def check_incarnation(incarnation: object) -> int:
 
 
 AppendResult = BaseException | None
-"""Per request of ``append_batch``: None when committed, else the ``Fenced`` or
-``ConcurrencyConflict`` that rejected it (nothing of that request was written)."""
+"""Per request of ``append_batch``: None when committed, else the ``Fenced``,
+``ConcurrencyConflict`` or ``StreamExists`` that rejected it (nothing of that request was
+written)."""
 
 
 class Store(Protocol):

@@ -20,7 +20,7 @@ from typing import Final, Literal, Protocol, final
 
 import attrs
 
-from mainspring.errors import ConcurrencyConflict, Fenced, StoreUnavailable
+from mainspring.errors import ConcurrencyConflict, Fenced, StoreUnavailable, StreamExists
 from mainspring.persistence.store import (
     AppendRequest,
     AppendResult,
@@ -607,6 +607,13 @@ class FaultyStore:
             )
             raise
         assert len(results) == len(requests), (len(results), len(requests))
+        for request, result in zip(requests, results, strict=True):
+            claim = request.claim
+            if claim is not None and result is None:  # it created the stream: a grant
+                lease = Lease(request.stream_id, claim.owner, 1, 0, claim.now_ms + claim.ttl_ms)
+                self._record_grant(lease, acknowledged=fault is None)
+            elif claim is not None and isinstance(result, StreamExists):
+                self._tell("stream_exists_refused", request.stream_id)
         if fault == "lost_ack":
             self._record(requests, invoked, results, "ambiguous", committed=None)
             raise self._lose_ack("append_batch")

@@ -33,7 +33,8 @@ __all__ = ["CONFIG_KEYS", "FAULT_KINDS", "FaultProfile", "StepFaults"]
 CONFIG_KEYS: Final = frozenset(
     field.name
     for field in attrs.fields(NodeConfig)
-    if field.name != "snapshot_on_passivate"  # a bool, not a number to shorten
+    if field.name not in {"snapshot_on_passivate", "create_with_first_write"}  # bools, not
+    # numbers to shorten
 )
 """The ``NodeConfig`` settings a profile may override."""
 

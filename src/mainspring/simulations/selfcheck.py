@@ -127,6 +127,9 @@ class FencingOffStore(_Delegating):
     async def append_batch(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
         rewritten = []
         for request in requests:
+            if request.claim is not None:  # creating the stream: there is no epoch to skip
+                rewritten.append(request)
+                continue
             head = await self.inner.read_head(request.stream_id)
             epoch = request.epoch if head is None else head.epoch
             rewritten.append(attrs.evolve(request, epoch=epoch))
