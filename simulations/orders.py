@@ -432,7 +432,11 @@ def _qty(data: OrderInput, sku: str) -> int:
 
 orders = orders_scenario(
     seeds=150,
-    sometimes=("step_retried_after_crash", "crash_point:journal.after_commit"),
+    sometimes=(
+        "step_retried_after_crash",
+        "crash_point:journal.after_commit",
+        "stream_exists_refused",
+    ),
 )
 """Ten orders on one node over SQLite."""
 
@@ -448,6 +452,7 @@ orders_cluster = orders_scenario(
         "forward_outcome_lost_resent",
         "zombie_write_fenced",
         "member_pruned",
+        "stream_exists_refused",
     ),
 )
 """Ten orders driven through a cluster of three nodes (ring, forwarding, hand-off) over one

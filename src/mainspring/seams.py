@@ -72,16 +72,25 @@ class SeededRandom:
     """
 
     def __init__(self, seed: int | None = None) -> None:
-        self._random = _random.Random(seed)  # noqa: S311 (not used for secrets)
+        # Seeding costs more than most uses (a workflow run makes one per run and may never
+        # draw from it): the generator is made, from the same seed, at the first draw.
+        self._seed = seed
+        self._generator: _random.Random | None = None
+
+    def _random(self) -> _random.Random:
+        generator = self._generator
+        if generator is None:
+            generator = self._generator = _random.Random(self._seed)  # noqa: S311 (not secrets)
+        return generator
 
     def random(self) -> float:
         """A float in [0.0, 1.0)."""
-        return self._random.random()
+        return self._random().random()
 
     def randbytes(self, n: int) -> bytes:
         """``n`` random bytes."""
         assert n >= 0
-        return self._random.randbytes(n)
+        return self._random().randbytes(n)
 
 
 @final
