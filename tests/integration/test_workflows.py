@@ -4,6 +4,7 @@ lifecycle operations, children, actors, continue-as-new and recovery after a res
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -503,3 +504,29 @@ async def test_a_fan_out_over_children_is_bounded(node: Node) -> None:
             waiting -= 1
         most = max(most, waiting)
     assert most == 2
+
+
+async def test_finished_workflows_leave_no_reference_cycles(db: str) -> None:
+    """A workflow's run, loop and handler contexts are freed by reference counting as soon as
+    it finishes: reference cycles would leave them to the garbage collector, whose pauses grow
+    with every live actor."""
+    async with Node("n1", store=SqliteStore(db), workflows=ALL, config=FAST) as node:
+        handles = [await node.workflows.start(w.pipeline, f"warm-{n}", n) for n in range(3)]
+        await asyncio.gather(*(handle.result(timeout_s=20) for handle in handles))
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            handles = [await node.workflows.start(w.pipeline, f"p-{n}", n) for n in range(10)]
+            await asyncio.gather(*(handle.result(timeout_s=20) for handle in handles))
+            gc.collect()
+            ours = sorted(
+                {
+                    type(garbage).__qualname__
+                    for garbage in gc.garbage
+                    if type(garbage).__module__.startswith("mainspring")
+                }
+            )
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+    assert ours == []

@@ -485,16 +485,23 @@ class Activation:
             context = ActorContext(self, working, message_id, host.codec)
             refusal: BaseException | None = None
             try:
-                reply = envelope.handler(self.actor, context, envelope.message)
-                if type(reply) not in _PLAIN_REPLIES and inspect.isawaitable(reply):
-                    reply = await reply
-                encoded_reply = (
-                    host.codec.dumps_any(reply)
-                    if message_id is not None
-                    and context.wrote_anything
-                    and self.actor_cls.dedupe_window > 0
-                    else None
-                )
+                try:
+                    reply = envelope.handler(self.actor, context, envelope.message)
+                    if type(reply) not in _PLAIN_REPLIES and inspect.isawaitable(reply):
+                        reply = await reply
+                    encoded_reply = (
+                        host.codec.dumps_any(reply)
+                        if message_id is not None
+                        and context.wrote_anything
+                        and self.actor_cls.dedupe_window > 0
+                        else None
+                    )
+                finally:
+                    # The context lets go of its callbacks: one that uses the context (a
+                    # closure over ``ctx``) would otherwise make a reference cycle, left for the
+                    # garbage collector instead of freed with the batch.
+                    after_commit = context.after_commit_callbacks
+                    context.after_commit_callbacks = None
             except Exception as error:
                 host.statistics.handler_errors += 1
                 if error is context.commit_despite:
@@ -517,10 +524,11 @@ class Activation:
                     outcomes.append((envelope, None, error))
                     continue
             working = context.state
-            if context.after_commit_callbacks:
+            if after_commit:
                 if callbacks is None:
-                    callbacks = []
-                callbacks.extend(context.after_commit_callbacks)
+                    callbacks = after_commit
+                else:
+                    callbacks.extend(after_commit)
             snapshot_requested = snapshot_requested or context.snapshot_requested
             events.extend(context.events)
             if context.outbox:

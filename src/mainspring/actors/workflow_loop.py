@@ -43,6 +43,20 @@ class TimerScheduler(Protocol):
 
 
 @final
+class _NoTimers:
+    """The timer scheduler of a closed loop: timers are neither recorded nor cancelled."""
+
+    def start_timer(self, when_s: float, handle: asyncio.TimerHandle) -> None:
+        return None
+
+    def cancel_timer(self, handle: asyncio.TimerHandle) -> None:
+        return None
+
+
+_NO_TIMERS: Final = _NoTimers()
+
+
+@final
 class WorkflowLoop(asyncio.AbstractEventLoop):
     """A deterministic event loop for one workflow instance (see the module docstring).
 
@@ -51,7 +65,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     """
 
     def __init__(self, timers: TimerScheduler) -> None:
-        self._timers = timers
+        self._timers: TimerScheduler = timers
         self._ready: deque[asyncio.Handle] = deque()
         self._now_s = 0.0
         self._closed = False
@@ -156,6 +170,9 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     def close(self) -> None:
         self._closed = True
         self._ready.clear()
+        # Let go of the scheduler (the workflow run, which holds this loop): timers of a
+        # closed loop are not recorded, and the run is freed without the garbage collector.
+        self._timers = _NO_TIMERS
 
     def get_debug(self) -> bool:
         return False

@@ -58,6 +58,7 @@ from mainspring.actors.workflow_loop import WorkflowLoop
 from mainspring.codec import Registry
 from mainspring.codec import event as register_event
 from mainspring.codec import message as register_message
+from mainspring.codec import registry as codec_registry
 from mainspring.codec import state as register_state
 from mainspring.crashpoints import crash_point, step_call
 from mainspring.errors import (
@@ -167,6 +168,24 @@ class WorkflowEvent:
     data: Any = None
     attempt: int = 0
     queued: int = 0
+
+
+def _event_json(event: WorkflowEvent) -> dict[str, Any]:
+    # ``data`` is JSON already (envelopes from ``Registry.to_value``, plain dicts and strings):
+    # it goes to orjson as it is, rather than through cattrs' dispatch on each value's class,
+    # which costs more than the rest of the encoding. Anything else in it fails the encoding.
+    return {
+        "kind": event.kind,
+        "n": event.n,
+        "name": event.name,
+        "at_ms": event.at_ms,
+        "data": event.data,
+        "attempt": event.attempt,
+        "queued": event.queued,
+    }
+
+
+codec_registry.converter.register_unstructure_hook(WorkflowEvent, _event_json)
 
 
 @attrs.define
@@ -373,7 +392,18 @@ def _describe(workflow_id: str, state: WorkflowState) -> WorkflowDescription:
         error=state.error,
         failed_step=state.failed_step,
         stall=state.stall,
-        pending_steps=[attrs.asdict(info) for info in state.steps] if open_ else [],
+        pending_steps=[
+            {
+                "n": info.n,
+                "name": info.name,
+                "attempts": info.attempts,
+                "retry_at_ms": info.retry_at_ms,
+                "last_error": None if info.last_error is None else dict(info.last_error),
+            }
+            for info in state.steps
+        ]
+        if open_
+        else [],
         timers=dict(state.timers) if open_ else {},
         queued_events=len(state.inbox),
         history_events=len(state.history),
@@ -608,7 +638,6 @@ class WorkflowRun:
         self.workflow_id = workflow_id
         self.run_number = run_number
         self.loop = WorkflowLoop(self)
-        self.context = WorkflowContext(self)
         self.rng = SeededRandom(0)
         self.next_command = 1
         self.replaying = False
@@ -685,7 +714,7 @@ class WorkflowRun:
             self.main = self.loop.create_task(
                 cast(
                     "Coroutine[Any, Any, Any]",
-                    self.definition.function(self.context, workflow_input),
+                    self.definition.function(WorkflowContext(self), workflow_input),
                 ),
                 name=f"workflow:{self.workflow_id}",
             )
@@ -1063,6 +1092,9 @@ class WorkflowRun:
                 slot.task.cancel()
                 slot.task = None
         self.loop.close()
+        # The main task holds the loop, which held this run: without it, a finished run is
+        # freed at once rather than left to the garbage collector.
+        self.main = None
 
 
 class StepHeartbeatTimeout(Exception):

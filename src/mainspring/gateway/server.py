@@ -140,6 +140,8 @@ class Gateway:
     async def _read_body(self, request: web.Request) -> bytes:
         """The body, read within ``request_timeout_s`` (a client that stalls mid-body must not
         hold a handler forever)."""
+        if request.content.is_eof():
+            return await request.read()  # all of it has arrived: nothing to wait for
         limit_s = self.handlers.request_timeout_s
         try:
             async with asyncio.timeout(limit_s):
