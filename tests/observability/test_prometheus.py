@@ -100,3 +100,31 @@ def test_telemetry_refuses_bad_settings() -> None:
         Telemetry(metric_readers=[object()])  # type: ignore[list-item]
     with pytest.raises(UsageError, match="tracer_provider"):
         Telemetry(tracer_provider=object())  # type: ignore[arg-type]
+
+
+def test_the_http_histogram_renders_as_the_sdk_histogram_it_replaces() -> None:
+    """Without exporters the request durations are kept as plain numbers; with one, they go
+    through the SDK so that the exporter sees them. /metrics shows the same family either way,
+    bucket by bucket (a value on a bound counts in that bound's bucket)."""
+    durations = [0.0005, 0.0004, 0.003, 0.0025, 0.2, 11.0, 0.0]
+    texts = []
+    for readers in ([], [InMemoryMetricReader()]):
+        telemetry = Telemetry(metric_readers=readers)
+        for index, duration in enumerate(durations):
+            status = 200 if index % 2 else 404
+            telemetry.http_request("/v1/workflows/{workflow_id}", "GET", status, duration)
+        texts.append(
+            [
+                line
+                for line in telemetry.prometheus_text().splitlines()
+                if "http_request_duration" in line
+            ]
+        )
+    plain, sdk = texts
+    assert plain == sdk
+    assert 'status="404",le="0.0005"} 2' in "\n".join(plain)
+    samples = parse("\n".join(plain) + "\n")
+    assert total(samples, "mainspring_http_request_duration_seconds_count") == len(durations)
+    le = {"le": "0.0005", "status": "404"}
+    # The 404s took 0.0005, 0.003, 0.2 and 0.0 s: two of them are <= 0.0005.
+    assert total(samples, "mainspring_http_request_duration_seconds_bucket", **le) == 2

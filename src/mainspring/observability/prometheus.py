@@ -8,6 +8,7 @@ explicit-bucket histograms become ``<name>_bucket{le=...}``, ``<name>_sum`` and
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -142,13 +143,14 @@ def _metrics(data: MetricsData | None) -> Iterable[Metric]:
             yield from scope_metrics.metrics
 
 
-def render(data: MetricsData | None) -> str:
-    """``data`` (from a metric reader's collection) as Prometheus text, families sorted by name.
+def render(data: MetricsData | None, extra: Iterable[Metric] = ()) -> str:
+    """``data`` (from a metric reader's collection) and the ``extra`` metrics as Prometheus
+    text, families sorted by name.
 
     A family whose name appears twice (two scopes) is written once, with the samples of both.
     """
     families: dict[str, tuple[str, str, list[str]]] = {}
-    for metric in _metrics(data):
+    for metric in itertools.chain(_metrics(data), extra):
         family = _family(metric)
         if family is None:
             continue
