@@ -142,8 +142,13 @@ def _settle_from(envelope: _Envelope, done: asyncio.Future[Any]) -> None:
 
 
 @final
-class _IdleWait:
-    """Waits for an activation's wake-up event, and tells when ``timeout_s`` passed first.
+class _Wakeup:
+    """An activation's wake-up call, and the idle timeout of its waits.
+
+    ``set`` ends the activation's current wait, or the next one at once. A wait is a bare
+    future that ends ``True`` when woken and ``False`` when ``timeout_s`` passed first: no
+    ``asyncio.Event`` and no coroutine of its own, so a wait costs one future, and an idle
+    activation keeps only that future and this object.
 
     One timer handle serves many waits: it is armed when a wait starts and none is pending,
     and re-armed only when it fires during a later wait than the one it was armed for. A
@@ -151,27 +156,57 @@ class _IdleWait:
     cancellation per message of a busy actor.
     """
 
-    def __init__(self, wakeup: asyncio.Event, timeout_s: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wakeup = wakeup
+    __slots__ = (
+        "_armed_for",
+        "_handle",
+        "_is_set",
+        "_loop",
+        "_timeout_s",
+        "_waiter",
+        "_waiting_since",
+    )
+
+    def __init__(self, timeout_s: float) -> None:
         self._timeout_s = timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._is_set = False
+        self._waiter: asyncio.Future[bool] | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._armed_for: float | None = None
         self._waiting_since: float | None = None
-        self._expired = False
 
-    async def wait(self) -> bool:
-        """Wait until the event is set; False when ``timeout_s`` passed without it."""
-        since = self._loop.time()
-        self._waiting_since = since
+    def set(self) -> None:
+        """Wake the waiting activation (or let its next wait end at once)."""
+        self._is_set = True
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = self._waiting_since = None
+            if not waiter.done():
+                waiter.set_result(True)
+
+    def clear(self) -> None:
+        """Forget an earlier ``set``: the next wait waits."""
+        self._is_set = False
+
+    def is_set(self) -> bool:
+        """Whether ``set`` was called since the last ``clear``."""
+        return self._is_set
+
+    def wait(self) -> asyncio.Future[bool]:
+        """A future that ends ``True`` once woken, or ``False`` when ``timeout_s`` passed
+        without a wake-up."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        since = loop.time()
         if self._handle is None:
             self._arm(since)
-        try:
-            await self._wakeup.wait()
-        finally:
-            self._waiting_since = None
-        expired, self._expired = self._expired, False
-        return not expired
+        if self._is_set:
+            waiter.set_result(True)
+            return waiter
+        self._waiter, self._waiting_since = waiter, since
+        return waiter
 
     def cancel(self) -> None:
         """Drop the pending timer handle, if any (the activation is leaving)."""
@@ -180,6 +215,7 @@ class _IdleWait:
             self._handle = None
 
     def _arm(self, since: float) -> None:
+        assert self._loop is not None
         self._armed_for = since
         self._handle = self._loop.call_at(since + self._timeout_s, self._fire)
 
@@ -189,8 +225,10 @@ class _IdleWait:
         if since is None:
             return  # busy: the next wait arms a new handle
         if since == self._armed_for:
-            self._expired = True
-            self._wakeup.set()
+            waiter = self._waiter
+            self._waiter = self._waiting_since = None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(False)
         else:
             self._arm(since)  # armed for an earlier wait: this one has time left
 
@@ -208,7 +246,7 @@ class Activation:
         self.actor_id: Final = actor_id
         self.stream_id: Final = stream_id_of(actor_cls.type_name, actor_id)
         self.mailbox: Final[deque[_Envelope]] = deque()
-        self.wakeup: Final = asyncio.Event()
+        self.wakeup: Final = _Wakeup(host.config.idle_timeout_s)
         self.state: Any = actor_cls.initial_state
         self.seq = 0
         self.epoch = 0
@@ -354,7 +392,7 @@ class Activation:
             self.mailbox.append(
                 _Envelope(wake, None, None, handler, host.clock.monotonic_s(), None)
             )
-        idle = _IdleWait(self.wakeup, host.config.idle_timeout_s)
+        wakeup = self.wakeup
         try:
             while True:
                 if self.commit_failed:
@@ -364,9 +402,9 @@ class Activation:
                     # there is something to do, so a commit costs this task no wake-up of its own.
                     if not self.committing and (self.passivate_requested or host.closing):
                         break
-                    self.wakeup.clear()
+                    wakeup.clear()
                     if (
-                        not await idle.wait()
+                        not await wakeup.wait()
                         and not self.committing
                         and not self.mailbox
                         and not self.actor.keep_alive()
@@ -385,6 +423,9 @@ class Activation:
                         healthy = await self._handle_batch_traced(host.tracer, batch)
                 finally:
                     self.busy = self.committing
+                # Let the batch go before waiting: an idle activation would otherwise keep its
+                # last messages (and everything they reference) alive until the next one.
+                batch = []
                 host.touch(self)
                 if not healthy:
                     # The store rejected or lost our write: our view of the stream is not to be
@@ -393,7 +434,7 @@ class Activation:
                     host.redeliver(self)
                     return  # (the finally below deactivates the actor)
         finally:
-            idle.cancel()
+            wakeup.cancel()
             self._deactivate()
         await self._passivate()
 

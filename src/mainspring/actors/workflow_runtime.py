@@ -1061,11 +1061,16 @@ class WorkflowRun:
             awaitable: Any = function(*slot.args, **slot.kwargs)
         else:
             awaitable = asyncio.to_thread(function, *slot.args, **slot.kwargs)
+        if slot.heartbeat_timeout_s is None:
+            # Nothing to watch beside the call: await it in this task (a task of its own would
+            # cost a task and two more loop callbacks per attempt).
+            if slot.timeout_s is None:
+                return await step_call(awaitable, None)
+            async with asyncio.timeout(slot.timeout_s):
+                return await step_call(awaitable, slot.timeout_s)
         work = asyncio.ensure_future(step_call(awaitable, slot.timeout_s))
         try:
             async with asyncio.timeout(slot.timeout_s):
-                if slot.heartbeat_timeout_s is None:
-                    return await work
                 clock = self.shell.host.clock
                 while True:
                     done, _ = await asyncio.wait({work}, timeout=slot.heartbeat_timeout_s)
@@ -1361,9 +1366,11 @@ class WorkflowActorBase(Actor[WorkflowState]):
                     state.parent_command, self.workflow_id, state.status, state.result, state.error
                 ),
             )
-        description = _describe(self.workflow_id, state)
         services = self.services
-        ctx.after_commit(lambda: services.closed(description))
+        if services.waiters.get(self.workflow_id):
+            # Whoever starts waiting from now on asks for the description after this batch.
+            description = _describe(self.workflow_id, state)
+            ctx.after_commit(lambda: services.closed(description))
         # A closed run's code has nothing left to do: free its loop and context now rather than
         # when the actor passivates (a query replays the run again, as after a reactivation).
         ended = self.run

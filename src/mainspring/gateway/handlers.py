@@ -14,7 +14,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import attrs
 import cattrs
@@ -69,6 +69,9 @@ _LIST_PAGE_ROWS: Final = 200
 _TYPE_CACHE_MAX: Final = 100_000
 _READY_TIMEOUT_S: Final = 2.0
 _READY_PROBE_STREAM: Final = "mainspring.gateway/readiness-probe"
+_DEADLINE_CHECK_MAX_S: Final = 0.5
+"""The longest interval between two checks of the requests' deadlines."""
+_DEADLINE_CHECK_MIN_S: Final = 0.005
 
 
 def strict_converter(converter: cattrs.Converter) -> cattrs.Converter:
@@ -134,6 +137,73 @@ def _json(body: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
+@final
+class _Deadlines:
+    """Bounds the waits of many requests with one periodic check instead of a timer each.
+
+    A wait costs a dictionary entry rather than a timer-heap push, its cancellation and a
+    ``Timeout`` object. Every wait has the same limit, so the entries are in deadline order and
+    a check stops at the first one still in time. A wait is cancelled at most ``period_s``
+    after its deadline, and then raises ``TimeoutError`` (as ``asyncio.timeout`` would).
+    """
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s: Final = limit_s
+        self.period_s: Final = min(_DEADLINE_CHECK_MAX_S, max(limit_s / 10, _DEADLINE_CHECK_MIN_S))
+        self._waits: dict[int, tuple[float, asyncio.Task[Any]]] = {}
+        self._expired: set[int] = set()
+        self._numbers = itertools.count()
+        self._checker: asyncio.Task[None] | None = None
+
+    async def bound(self, work: Awaitable[T]) -> T:
+        """``await work`` within ``limit_s``.
+
+        Raises:
+            TimeoutError: the limit passed first (``work`` was cancelled).
+        """
+        task = asyncio.current_task()
+        assert task is not None, "bound() runs in a task"
+        loop = task.get_loop()
+        number = next(self._numbers)
+        cancelling = task.cancelling()
+        self._waits[number] = (loop.time() + self.limit_s, task)
+        if self._checker is None:
+            self._checker = loop.create_task(self._check(), name="mainspring-gateway-deadlines")
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if number in self._expired:
+                self._expired.discard(number)
+                if task.uncancel() <= cancelling:  # no other cancellation is pending
+                    raise TimeoutError from None
+            raise
+        finally:
+            del self._waits[number]
+            if number in self._expired:  # the work swallowed the cancellation and returned
+                self._expired.discard(number)
+                task.uncancel()
+
+    async def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._waits:
+                await asyncio.sleep(self.period_s)
+                now = loop.time()
+                for number, (deadline, task) in list(self._waits.items()):
+                    if deadline > now:
+                        break
+                    if number not in self._expired:
+                        self._expired.add(number)
+                        task.cancel()
+        finally:
+            self._checker = None
+
+    def close(self) -> None:
+        """Stop checking (waits still registered are no longer bounded)."""
+        if self._checker is not None:
+            self._checker.cancel()
+
+
 class Handlers:
     """The handlers of the route table, bound to one node.
 
@@ -150,15 +220,19 @@ class Handlers:
         self.draining: Final = draining
         self.converter: Final = strict_converter(node.codec.converter)
         self._types: OrderedDict[str, str | None] = OrderedDict()
+        self._deadlines: Final = _Deadlines(request_timeout_s)
         self.openapi_document: dict[str, Any] = {}
         """Set by the gateway once the route table is rendered."""
 
     # Helpers ---------------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Stop the deadline checks (the gateway has stopped)."""
+        self._deadlines.close()
+
     async def _bounded(self, work: Awaitable[T], what: str) -> T:
         try:
-            async with asyncio.timeout(self.request_timeout_s):
-                return await work
+            return await self._deadlines.bound(work)
         except TimeoutError:
             raise ApiError(
                 504,

@@ -312,6 +312,7 @@ class Gateway:
         except TimeoutError:
             log.warning("GatewayDrainTimedOut", extra={"in_flight": self._in_flight})
         await runner.cleanup()
+        self.handlers.close()
         self.url = None
 
 
