@@ -4,6 +4,7 @@ snapshots, hydration, outbox, reminders, passivation and fencing."""
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 import attrs
@@ -301,6 +302,19 @@ async def test_idle_actors_passivate_snapshot_and_release_their_lease(store_fact
         assert snapshot.seq == 1
         assert await node.ask(Account, "a", Deposit(1)) == 4  # re-activated on demand
         assert node.statistics()["host"]["activations"] == 2
+
+
+async def test_an_idle_actor_keeps_none_of_the_messages_it_handled(store_factory: Any) -> None:
+    """Once a batch is handled and committed, the waiting activation lets its messages go: a
+    live actor costs its state, not its last mail (nor what that mail references)."""
+    async with node_on(store_factory()) as node:
+        deposits = [Deposit(1), Deposit(2)]
+        gone = [weakref.ref(deposit) for deposit in deposits]
+        assert await asyncio.gather(*(node.ask(Account, "a", d) for d in deposits)) == [1, 3]
+        del deposits
+        await asyncio.sleep(0)  # the activation's loop goes back to waiting
+        assert node.host.live  # still active, and idle
+        assert [ref() for ref in gone] == [None, None]
 
 
 async def test_least_recently_used_actors_are_passivated_beyond_the_bound(
