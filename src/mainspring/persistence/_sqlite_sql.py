@@ -465,17 +465,70 @@ def release_leases_tx(
 
 # Appends
 
-_ADVANCE_HEAD: Final = """
-UPDATE streams SET head = ? WHERE stream_id = ? AND epoch = ? AND head = ?"""
+JSON_ROWS_MAX: Final = 64
+"""The most rows written through one JSON statement (``_Rows.all``). Reading a row's fields out
+of JSON costs SQLite more than binding them; below this size the GIL round trips the JSON form
+saves weigh more, above it the per-row parsing does."""
 
-_INSERT_EVENT: Final = """
+
+@attrs.frozen
+class _Rows:
+    """One write statement in two forms: ``each`` binds one row (for ``executemany``); ``all``
+    reads every row from one JSON array (``?1``: an array of rows, each an array of ``each``'s
+    parameters in order). A bytes value travels as ``[its text]`` and is cast back to a BLOB,
+    so a str where bytes belong reads as NULL and is refused like any wrongly typed value.
+
+    ``all`` writes the whole batch in one ``sqlite3_step``, which Python's ``sqlite3`` runs
+    without holding the GIL: the writer thread takes the GIL back once per statement instead of
+    once per row, so it is not held up row after row while the event loop's thread runs.
+    """
+
+    each: str
+    all: str
+
+
+def _field(index: int, *, blob: bool = False) -> str:
+    if blob:
+        return f"CAST(json_extract(row.value, '$[{index}][0]') AS BLOB)"
+    return f"json_extract(row.value, '$[{index}]')"
+
+
+_ADVANCE_HEAD: Final = "UPDATE streams SET head = ? WHERE stream_id = ? AND epoch = ? AND head = ?"
+
+# Every head of the batch, or none: the uncorrelated subquery runs once, before any row changes,
+# and counts the rows whose epoch and head are as expected.
+_ADVANCE_HEADS: Final = f"""
+UPDATE streams SET head = {_field(0)} FROM json_each(?1) AS row
+WHERE streams.stream_id = {_field(1)}
+    AND (SELECT count(*) FROM json_each(?1) AS row JOIN streams
+        ON streams.stream_id = {_field(1)} AND streams.epoch = {_field(2)}
+            AND streams.head = {_field(3)}) = json_array_length(?1)"""
+
+_INSERT_EVENT: Final = _Rows(
+    each="""
 INSERT INTO events
     (stream_id, seq, epoch, type_name, type_version, payload, message_id, recorded_ms)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+    all=f"""
+INSERT INTO events
+    (stream_id, seq, epoch, type_name, type_version, payload, message_id, recorded_ms)
+SELECT {_field(0)}, {_field(1)}, {_field(2)}, {_field(3)}, {_field(4)}, {_field(5, blob=True)},
+    {_field(6)}, {_field(7)}
+FROM json_each(?1) AS row""",
+)
 
-_UPSERT_DEDUPE: Final = """
+# (An upsert that reads from a SELECT needs a WHERE clause: without one, SQLite would take the
+# ON of ON CONFLICT for a join constraint.)
+_UPSERT_DEDUPE: Final = _Rows(
+    each="""
 INSERT INTO dedupe (stream_id, message_id, seq, reply) VALUES (?, ?, ?, ?)
-ON CONFLICT (stream_id, message_id) DO UPDATE SET seq = excluded.seq, reply = excluded.reply"""
+ON CONFLICT (stream_id, message_id) DO UPDATE SET seq = excluded.seq, reply = excluded.reply""",
+    all=f"""
+INSERT INTO dedupe (stream_id, message_id, seq, reply)
+SELECT {_field(0)}, {_field(1)}, {_field(2)}, {_field(3, blob=True)} FROM json_each(?1) AS row
+WHERE true
+ON CONFLICT (stream_id, message_id) DO UPDATE SET seq = excluded.seq, reply = excluded.reply""",
+)
 
 # The streams of the batch that hold more dedupe records than their window: ? is a JSON array
 # of [stream_id, window] pairs.
@@ -513,15 +566,30 @@ WHERE excluded.seq >= snapshots.seq"""
 
 # Two statements, because assigning status (even its own value) rewrites the status index entry:
 # the common request, which leaves the status alone, then costs half as much.
-_INDEX_INSTANCE: Final = """
+_INDEX_INSTANCE: Final = _Rows(
+    each="""
 INSERT INTO instances (actor_type, actor_id, status, created_ms, updated_ms)
 VALUES (?1, ?2, 'active', ?3, ?3)
-ON CONFLICT (actor_type, actor_id) DO UPDATE SET updated_ms = ?3"""
+ON CONFLICT (actor_type, actor_id) DO UPDATE SET updated_ms = ?3""",
+    all=f"""
+INSERT INTO instances (actor_type, actor_id, status, created_ms, updated_ms)
+SELECT {_field(0)}, {_field(1)}, 'active', {_field(2)}, {_field(2)} FROM json_each(?1) AS row
+WHERE true
+ON CONFLICT (actor_type, actor_id) DO UPDATE SET updated_ms = excluded.updated_ms""",
+)
 
-_INDEX_INSTANCE_STATUS: Final = """
+_INDEX_INSTANCE_STATUS: Final = _Rows(
+    each="""
 INSERT INTO instances (actor_type, actor_id, status, created_ms, updated_ms)
 VALUES (?1, ?2, ?3, ?4, ?4)
-ON CONFLICT (actor_type, actor_id) DO UPDATE SET status = ?3, updated_ms = ?4"""
+ON CONFLICT (actor_type, actor_id) DO UPDATE SET status = ?3, updated_ms = ?4""",
+    all=f"""
+INSERT INTO instances (actor_type, actor_id, status, created_ms, updated_ms)
+SELECT {_field(0)}, {_field(1)}, {_field(2)}, {_field(3)}, {_field(3)} FROM json_each(?1) AS row
+WHERE true
+ON CONFLICT (actor_type, actor_id) DO UPDATE SET status = excluded.status,
+    updated_ms = excluded.updated_ms""",
+)
 
 
 def append_batch_tx(
@@ -557,6 +625,20 @@ _CLAIM_STREAM: Final = """
 INSERT INTO streams (stream_id, epoch, head, owner, lease_expires_ms) VALUES (?, 1, 0, ?, ?)
 ON CONFLICT (stream_id) DO NOTHING"""
 
+# Every stream of the batch, or none when any of them exists already.
+_CLAIM_STREAMS: Final = f"""
+INSERT INTO streams (stream_id, epoch, head, owner, lease_expires_ms)
+SELECT {_field(0)}, 1, 0, {_field(1)}, {_field(2)} FROM json_each(?1) AS row
+WHERE NOT EXISTS (
+    SELECT 1 FROM json_each(?1) AS row JOIN streams ON streams.stream_id = {_field(0)})"""
+
+_RECORD_CLAIM: Final = _Rows(
+    each="INSERT INTO lease_history (stream_id, epoch, owner, acquired_ms) VALUES (?, 1, ?, ?)",
+    all=f"""
+INSERT INTO lease_history (stream_id, epoch, owner, acquired_ms)
+SELECT {_field(0)}, 1, {_field(1)}, {_field(2)} FROM json_each(?1) AS row""",
+)
+
 
 def _claim_streams(
     conn: sqlite3.Connection, requests: Sequence[AppendRequest]
@@ -564,14 +646,32 @@ def _claim_streams(
     """Create the streams the requests with a ``claim`` name, each at epoch 1 leased to the
     claim's owner (and recorded in the lease history); the ``StreamExists`` of every claim
     whose stream was there already, by stream id."""
+    claims = [request for request in requests if request.claim is not None]
+    if not claims:
+        return {}
+    rows = [
+        (request.stream_id, request.claim.owner, request.claim.now_ms + request.claim.ttl_ms)
+        for request in claims
+        if request.claim is not None  # (for the type checker)
+    ]
+    history = [
+        (request.stream_id, request.claim.owner, request.claim.now_ms)
+        for request in claims
+        if request.claim is not None
+    ]
+    # Usually every claimed stream is new: create them all in one statement, which creates
+    # all of them or none (the streams are distinct). When one exists, go one by one.
+    text = _rows_as_json(rows)
+    if text is not None:
+        created = conn.execute(_CLAIM_STREAMS, (text,)).rowcount
+        if created == len(rows):
+            _write_rows(conn, _RECORD_CLAIM, history)
+            return {}
+        assert created == 0, (created, len(rows))
     refused: dict[str, AppendResult] = {}
-    for request in requests:
-        claim = request.claim
-        if claim is None:
-            continue
-        row = (request.stream_id, claim.owner, claim.now_ms + claim.ttl_ms)
+    for request, row, record in zip(claims, rows, history, strict=True):
         if conn.execute(_CLAIM_STREAM, row).rowcount == 1:
-            conn.execute(_RECORD_LEASE, (request.stream_id, 1, claim.owner, claim.now_ms))
+            conn.execute(_RECORD_CLAIM.each, record)
             continue
         current = conn.execute(
             "SELECT epoch, head FROM streams WHERE stream_id = ?", (request.stream_id,)
@@ -589,14 +689,23 @@ def _advance_heads(
         (request.new_head_seq, request.stream_id, request.epoch, request.expected_seq)
         for request in requests
     ]
-    # Usually every request passes: try them all in one executemany. The streams are distinct,
-    # so the batch passed exactly when every row was updated; otherwise undo and go one by one.
-    conn.execute("SAVEPOINT advance_heads")
-    if conn.executemany(_ADVANCE_HEAD, rows).rowcount == len(rows):
+    # Usually every request passes: move them all at once. The streams are distinct, so the
+    # batch passed exactly when every row was moved; when one fails, go one by one to learn
+    # which. A small batch takes one statement that moves every head or none; a large one an
+    # executemany that is undone when it fell short.
+    text = _rows_as_json(rows)
+    if text is not None:
+        moved = conn.execute(_ADVANCE_HEADS, (text,)).rowcount
+        if moved == len(rows):
+            return [None] * len(requests)
+        assert moved == 0, (moved, len(rows))
+    else:
+        conn.execute("SAVEPOINT advance_heads")
+        if conn.executemany(_ADVANCE_HEAD, rows).rowcount == len(rows):
+            conn.execute("RELEASE advance_heads")
+            return [None] * len(requests)
+        conn.execute("ROLLBACK TO advance_heads")
         conn.execute("RELEASE advance_heads")
-        return [None] * len(requests)
-    conn.execute("ROLLBACK TO advance_heads")
-    conn.execute("RELEASE advance_heads")
     return [_advance_head(conn, request, row) for request, row in zip(requests, rows, strict=True)]
 
 
@@ -616,7 +725,7 @@ def _advance_head(
 
 
 def _write_accepted(conn: sqlite3.Connection, accepted: Sequence[AppendRequest]) -> None:
-    """Insert everything the accepted requests carry, one ``executemany`` per kind of row."""
+    """Insert everything the accepted requests carry, one statement per kind of row."""
     # Each event's seq follows from the head the conditional update just moved past, so the
     # stream's seqs stay 1..head; the (stream_id, seq) key rejects any overlap.
     event_rows = [
@@ -633,13 +742,51 @@ def _write_accepted(conn: sqlite3.Connection, accepted: Sequence[AppendRequest])
         for request in accepted
         for seq, event in enumerate(request.events, start=request.expected_seq + 1)
     ]
-    inserted = _execute_many(conn, _INSERT_EVENT, event_rows)
+    inserted = _write_rows(conn, _INSERT_EVENT, event_rows)
     assert inserted == sum(len(request.events) for request in accepted), inserted
     _write_dedupe(conn, accepted)
     _write_outbox(conn, accepted)
     _write_timers(conn, accepted)
     _write_snapshots(conn, accepted)
     _write_instances(conn, accepted)
+
+
+def _write_rows(
+    conn: sqlite3.Connection, statement: _Rows, rows: Sequence[tuple[object, ...]]
+) -> int:
+    """Write ``rows`` with ``statement``'s JSON form, or with ``executemany`` when there are
+    more than ``JSON_ROWS_MAX`` or a value cannot make the trip through JSON unchanged (bytes
+    that are not UTF-8, a NUL character, an integer beyond 64 bits); returns the number of rows
+    changed. Skips the call when there is nothing to write.
+    """
+    if not rows:
+        return 0
+    text = _rows_as_json(rows)
+    if text is None:
+        return conn.executemany(statement.each, rows).rowcount
+    return conn.execute(statement.all, (text,)).rowcount
+
+
+def _rows_as_json(rows: Sequence[tuple[object, ...]]) -> str | None:
+    """``rows`` as the JSON array a ``_Rows.all`` statement reads, or None when they go row by
+    row: more than ``JSON_ROWS_MAX`` of them, or a value that cannot make the trip unchanged.
+    A str, not bytes: SQLite 3.45+ reads a BLOB argument as JSONB."""
+    if len(rows) > JSON_ROWS_MAX:
+        return None
+    try:
+        text = orjson.dumps(rows, default=_bytes_as_text).decode()
+    except orjson.JSONEncodeError:
+        return None
+    # orjson writes every NUL as this escape, and SQLite's JSON would cut a string short at it.
+    # (The test also matches an escaped backslash before "u0000": that only costs the fast path.)
+    return None if "\\u0000" in text else text
+
+
+def _bytes_as_text(value: object) -> list[str]:
+    """orjson's ``default``: bytes as ``[the text they encode]`` (see ``_Rows``)."""
+    if isinstance(value, bytes):
+        return [value.decode("utf-8")]  # a UnicodeDecodeError makes orjson refuse the rows
+    raise TypeError(f"{type(value).__name__} does not go into a row")
 
 
 def _execute_many(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[object, ...]]) -> int:
@@ -655,7 +802,7 @@ def _write_dedupe(conn: sqlite3.Connection, accepted: Sequence[AppendRequest]) -
         for request in accepted
         for record in request.dedupe
     ]
-    _execute_many(conn, _UPSERT_DEDUPE, records)
+    _write_rows(conn, _UPSERT_DEDUPE, records)
     # The reference store prunes whenever a window is given, even without new records. One
     # statement finds the streams over their window (usually none), at a quarter of the cost of
     # a prune statement per request; only those streams are pruned.
@@ -731,8 +878,8 @@ def _write_instances(conn: sqlite3.Connection, accepted: Sequence[AppendRequest]
         for request in accepted
         if request.status
     ]
-    indexed = _execute_many(conn, _INDEX_INSTANCE, unchanged)
-    indexed += _execute_many(conn, _INDEX_INSTANCE_STATUS, changed)
+    indexed = _write_rows(conn, _INDEX_INSTANCE, unchanged)
+    indexed += _write_rows(conn, _INDEX_INSTANCE_STATUS, changed)
     assert indexed == len(accepted), (indexed, len(accepted))
 
 
