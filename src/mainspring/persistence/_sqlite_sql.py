@@ -646,19 +646,13 @@ def _claim_streams(
     """Create the streams the requests with a ``claim`` name, each at epoch 1 leased to the
     claim's owner (and recorded in the lease history); the ``StreamExists`` of every claim
     whose stream was there already, by stream id."""
-    claims = [request for request in requests if request.claim is not None]
+    claims = [(request, claim) for request in requests if (claim := request.claim) is not None]
     if not claims:
         return {}
     rows = [
-        (request.stream_id, request.claim.owner, request.claim.now_ms + request.claim.ttl_ms)
-        for request in claims
-        if request.claim is not None  # (for the type checker)
+        (request.stream_id, claim.owner, claim.now_ms + claim.ttl_ms) for request, claim in claims
     ]
-    history = [
-        (request.stream_id, request.claim.owner, request.claim.now_ms)
-        for request in claims
-        if request.claim is not None
-    ]
+    history = [(request.stream_id, claim.owner, claim.now_ms) for request, claim in claims]
     # Usually every claimed stream is new: create them all in one statement, which creates
     # all of them or none (the streams are distinct). When one exists, go one by one.
     text = _rows_as_json(rows)
@@ -669,7 +663,7 @@ def _claim_streams(
             return {}
         assert created == 0, (created, len(rows))
     refused: dict[str, AppendResult] = {}
-    for request, row, record in zip(claims, rows, history, strict=True):
+    for (request, _), row, record in zip(claims, rows, history, strict=True):
         if conn.execute(_CLAIM_STREAM, row).rowcount == 1:
             conn.execute(_RECORD_CLAIM.each, record)
             continue
