@@ -74,7 +74,14 @@ async def drop_postgres_schema(schema: str) -> None:
 StoreFactory = Callable[[], Any]
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        "sqlite-process",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
 async def store_factory(
     request: pytest.FixtureRequest, tmp_path: Path, postgres_schema: str
 ) -> AsyncIterator[StoreFactory]:
@@ -93,13 +100,14 @@ async def store_factory(
         def factory() -> Any:
             return shared
 
-    elif kind == "sqlite":
+    elif kind in ("sqlite", "sqlite-process"):
         from mainspring.persistence.sqlite import SqliteStore
 
         path = tmp_path / "store.db"
+        writer = "process" if kind == "sqlite-process" else "thread"
 
         def factory() -> Any:
-            store = SqliteStore(str(path))
+            store = SqliteStore(str(path), writer=writer)
             created.append(store)
             return store
 

@@ -9,6 +9,8 @@ Programmer errors inside mainspring are ``MainspringInternalError``; a violated 
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CodecError",
     "CommandRejected",
@@ -31,7 +33,24 @@ __all__ = [
 
 
 class MainspringError(Exception):
-    """Base class of every error mainspring raises on purpose."""
+    """Base class of every error mainspring raises on purpose.
+
+    Every one pickles with its fields, whatever its constructor takes (so an error raised in
+    another process, such as ``SqliteStore(writer="process")``'s writer, arrives whole).
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuilt, (type(self), self.args, self.__dict__))
+
+
+def _rebuilt(
+    kind: type[MainspringError], args: tuple[Any, ...], fields: dict[str, Any]
+) -> MainspringError:
+    """An error of type ``kind`` with ``args`` and ``fields``, built without its constructor."""
+    error = kind.__new__(kind)
+    Exception.__init__(error, *args)
+    error.__dict__.update(fields)
+    return error
 
 
 class UsageError(MainspringError, TypeError):

@@ -18,6 +18,16 @@ def test_sqlite_urls_name_relative_and_absolute_files() -> None:
     absolute = parse_store_url("sqlite:////var/lib/mainspring/node.db")
     assert absolute.path == Path("/var/lib/mainspring/node.db")
     assert absolute.describe() == "sqlite:////var/lib/mainspring/node.db"
+    assert absolute.writer == "thread"
+
+
+def test_a_sqlite_url_may_put_the_writer_in_a_process_of_its_own() -> None:
+    """Goal: '?writer=process' reaches the store. Method: parse, then build the store."""
+    parsed = parse_store_url("sqlite:///./data/node.db?writer=process")
+    assert (parsed.path, parsed.writer) == (Path("data/node.db"), "process")
+    assert parsed.describe() == "sqlite:///data/node.db?writer=process"
+    assert parsed.open_store().writer == "process"  # type: ignore[attr-defined]
+    assert parse_store_url("sqlite:///x.db?writer=thread").open_store().writer == "thread"  # type: ignore[attr-defined]
 
 
 def test_postgres_urls_take_the_schema_out_of_the_dsn() -> None:
@@ -44,7 +54,10 @@ def test_postgres_urls_take_the_schema_out_of_the_dsn() -> None:
         ("sqlite:///", "names no file"),
         ("sqlite:///data/", "names no file"),
         ("sqlite:///:memory:", "in-memory"),
-        ("sqlite:///x.db?mode=ro", "takes no query"),
+        ("sqlite:///x.db?mode=ro", "unknown parameter(s) ['mode']"),
+        ("sqlite:///x.db?writer=fork", "writer='fork'; use writer=thread"),
+        ("sqlite:///x.db?writer=process&writer=thread", "'writer' more than once"),
+        ("sqlite:///x.db#top", "takes no fragment"),
         ("postgresql://db:notaport/x", "is malformed"),
         ("postgresql://db/x?schema=a&schema=b", "more than once"),
         ("postgresql://db/x?schema=", "empty 'schema'"),

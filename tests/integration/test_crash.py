@@ -34,7 +34,18 @@ KILL_ROUNDS = 4
 pytestmark = pytest.mark.slow
 
 
-def run_child_and_kill(db_path: Path, log_path: Path, round_number: int, delay_s: float) -> None:
+def writer_process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie no init has reaped yet counts as gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def run_child_and_kill(
+    db_path: Path, log_path: Path, round_number: int, delay_s: float, writer: str = "thread"
+) -> None:
     environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
     child = subprocess.Popen(
         [
@@ -44,6 +55,7 @@ def run_child_and_kill(db_path: Path, log_path: Path, round_number: int, delay_s
             str(db_path),
             str(log_path),
             str(round_number),
+            writer,
         ],
         cwd=REPOSITORY,
         env=environment,
@@ -53,7 +65,9 @@ def run_child_and_kill(db_path: Path, log_path: Path, round_number: int, delay_s
     try:
         assert child.stdout is not None
         ready = child.stdout.readline()
-        assert ready == b"ready\n", (ready, child.stderr.read() if child.stderr else b"")
+        assert ready.startswith(b"ready "), (ready, child.stderr.read() if child.stderr else b"")
+        writer_pid = int(ready.split()[1])
+        assert (writer_pid != 0) == (writer == "process"), ready
         acked_before = log_path.read_bytes().count(b"\nA ") if log_path.exists() else 0
         # Kill at a random moment, but only once this round has acknowledged something.
         for _ in range(1000):
@@ -66,6 +80,13 @@ def run_child_and_kill(db_path: Path, log_path: Path, round_number: int, delay_s
     finally:
         child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
+    if writer_pid:
+        # The writer process sees its channel close and exits by itself.
+        for _ in range(500):
+            if writer_process_gone(writer_pid):
+                break
+            subprocess.run(["sleep", "0.02"], check=True)
+        assert writer_process_gone(writer_pid), f"writer process {writer_pid} outlived its node"
 
 
 def parse_log(log_path: Path) -> tuple[dict[str, str], dict[str, tuple[str, int]]]:
@@ -81,12 +102,13 @@ def parse_log(log_path: Path) -> tuple[dict[str, str], dict[str, tuple[str, int]
     return sent, acked
 
 
-async def test_sigkill_loses_no_acknowledged_event(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writer", ["thread", "process"])
+async def test_sigkill_loses_no_acknowledged_event(tmp_path: Path, writer: str) -> None:
     db_path = tmp_path / "crash.db"
     log_path = tmp_path / "messages.log"
     random = SeededRandom(20261121)
     for round_number in range(KILL_ROUNDS):
-        run_child_and_kill(db_path, log_path, round_number, 0.05 + random.random() * 0.6)
+        run_child_and_kill(db_path, log_path, round_number, 0.05 + random.random() * 0.6, writer)
 
     sent, acked = parse_log(log_path)
     assert len(acked) > 100, f"the child acknowledged only {len(acked)} messages"

@@ -1,4 +1,5 @@
-"""Store URLs of the command line: ``sqlite:///PATH`` and ``postgresql://...[?schema=NAME]``."""
+"""Store URLs of the command line: ``sqlite:///PATH[?writer=process]`` and
+``postgresql://...[?schema=NAME]``."""
 
 from __future__ import annotations
 
@@ -16,20 +17,22 @@ __all__ = ["DEFAULT_STORE_URL", "StoreUrl", "parse_store_url"]
 DEFAULT_STORE_URL: Final = "sqlite:///./mainspring.db"
 _POSTGRES_SCHEMES: Final = ("postgresql", "postgres")
 _HELP: Final = (
-    "use sqlite:///RELATIVE/PATH, sqlite:////ABSOLUTE/PATH or "
+    "use sqlite:///RELATIVE/PATH, sqlite:////ABSOLUTE/PATH (either may end in "
+    "?writer=process) or "
     "postgresql://USER@HOST:PORT/DATABASE[?schema=NAME]"
 )
 
 
 @attrs.frozen
 class StoreUrl:
-    """A parsed store URL: ``kind`` is ``"sqlite"`` (``path``) or ``"postgres"`` (``dsn``,
-    ``schema``)."""
+    """A parsed store URL: ``kind`` is ``"sqlite"`` (``path``, ``writer``) or ``"postgres"``
+    (``dsn``, ``schema``)."""
 
     kind: str
     path: Path | None = None
     dsn: str | None = None
     schema: str = "public"
+    writer: str = "thread"
 
     def open_store(self) -> Store:
         """A new, unopened store for this URL."""
@@ -37,7 +40,7 @@ class StoreUrl:
             from mainspring.persistence.sqlite import SqliteStore
 
             assert self.path is not None
-            return SqliteStore(self.path)
+            return SqliteStore(self.path, writer=self.writer)
         assert self.kind == "postgres"
         assert self.dsn is not None
         from mainspring.persistence.postgres import PostgresStore
@@ -47,7 +50,8 @@ class StoreUrl:
     def describe(self) -> str:
         """The URL without a password, for logs."""
         if self.kind == "sqlite":
-            return f"sqlite:///{self.path}"
+            query = "" if self.writer == "thread" else f"?writer={self.writer}"
+            return f"sqlite:///{self.path}{query}"
         assert self.dsn is not None
         parts = urlsplit(self.dsn)
         host = parts.hostname or ""
@@ -81,8 +85,10 @@ def _sqlite(url: str, rest: str) -> StoreUrl:
         raise UsageError(
             f"SQLite store URL {url!r} names a host; SQLite URLs have three slashes: {_HELP}"
         )
-    if "?" in rest or "#" in rest:
-        raise UsageError(f"SQLite store URL {url!r} takes no query or fragment; {_HELP}")
+    rest, _, query_text = rest.partition("?")
+    if "#" in rest or "#" in query_text:
+        raise UsageError(f"SQLite store URL {url!r} takes no fragment; {_HELP}")
+    writer = _sqlite_writer(url, query_text)
     path_text = rest[1:]
     if not path_text or path_text.endswith("/"):
         raise UsageError(f"SQLite store URL {url!r} names no file; {_HELP}")
@@ -91,7 +97,30 @@ def _sqlite(url: str, rest: str) -> StoreUrl:
             f"store URL {url!r} names an in-memory database, which a node process would lose "
             "on exit; name a file"
         )
-    return StoreUrl("sqlite", path=Path(path_text))
+    return StoreUrl("sqlite", path=Path(path_text), writer=writer)
+
+
+def _sqlite_writer(url: str, query_text: str) -> str:
+    """The ``writer`` of a SQLite URL's query, the only parameter it takes."""
+    from mainspring.persistence.sqlite import WRITERS
+
+    query = parse_qsl(query_text, keep_blank_values=True)
+    unknown = sorted({name for name, _ in query if name != "writer"})
+    if unknown:
+        raise UsageError(
+            f"SQLite store URL {url!r} has unknown parameter(s) {unknown}; it takes only "
+            f"'writer' ({' or '.join(WRITERS)})"
+        )
+    writers = [value for _, value in query]
+    if len(writers) > 1:
+        raise UsageError(f"SQLite store URL {url!r} gives 'writer' more than once")
+    writer = writers[0] if writers else "thread"
+    if writer not in WRITERS:
+        raise UsageError(
+            f"SQLite store URL {url!r} has writer={writer!r}; use writer=thread (the default) "
+            "or writer=process (the writer connection in a process of its own)"
+        )
+    return writer
 
 
 def _postgres(url: str) -> StoreUrl:

@@ -16,7 +16,7 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import orjson
@@ -214,6 +214,9 @@ class UnknownSchemaVersion(Exception):
         self.found = found
         self.supported = supported
         super().__init__(f"schema versions {found}, this code knows 1..{supported}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.found, self.supported))
 
 
 class UnsupportedSqlite(Exception):

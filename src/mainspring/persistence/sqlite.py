@@ -3,8 +3,9 @@
 Each operation is one synchronous function over a ``sqlite3.Connection`` (in ``_sqlite_sql``)
 that does a whole transaction. A *runner* executes it: ``AiosqliteRunner`` on aiosqlite's worker
 thread (one thread hop per transaction, not per statement), ``InlineRunner`` in the calling thread
-(for the deterministic simulator, which allows no threads). Writes go through one writer
-connection and reads through one reader connection; in WAL mode readers never block the writer.
+(for the deterministic simulator, which allows no threads), ``ProcessRunner`` in a child process
+with a GIL of its own (``writer="process"``). Writes go through one writer connection and reads
+through one reader connection; in WAL mode readers never block the writer.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import asyncio
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, TypeVar, cast, final
+from typing import Any, Final, Protocol, TypeVar, cast, final
 
 import aiosqlite
 import attrs
 
 from mainspring.errors import MainspringInternalError, StoreUnavailable, UsageError
 from mainspring.persistence import _sqlite_sql as sql
+from mainspring.persistence._sqlite_process import ProcessRunner, WriterProcessLost
 from mainspring.persistence.store import (
     AppendRequest,
     AppendResult,
@@ -42,18 +44,29 @@ from mainspring.persistence.store import (
 )
 from mainspring.seams import Clock, SystemClock
 
-__all__ = ["AiosqliteRunner", "InlineRunner", "RunnerFactory", "SqliteRunner", "SqliteStore"]
+__all__ = [
+    "WRITERS",
+    "AiosqliteRunner",
+    "InlineRunner",
+    "ProcessRunner",
+    "RunnerFactory",
+    "SqliteRunner",
+    "SqliteStore",
+]
 
 T = TypeVar("T")
 
 _MEMORY_PATH = ":memory:"
 
+WRITERS: Final = ("thread", "process")
+"""Where ``SqliteStore(writer=...)`` runs its writer connection."""
+
 
 class SqliteRunner(Protocol):
     """Runs functions over one ``sqlite3.Connection``, one at a time, in submission order."""
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Call ``fn`` with the connection and return its result (or raise its exception)."""
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call ``fn(connection, *args)`` and return its result (or raise its exception)."""
         ...
 
     async def close(self) -> None:
@@ -103,9 +116,10 @@ class AiosqliteRunner:
         )
         return cls(connection)
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` on the worker thread: one thread hop, however many statements it runs."""
-        result = await self._connection._execute(fn, self._raw)  # type: ignore[no-untyped-call]
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(connection, *args)`` on the worker thread: one thread hop, however many
+        statements it runs."""
+        result = await self._connection._execute(fn, self._raw, *args)  # type: ignore[no-untyped-call]
         return cast("T", result)
 
     async def close(self) -> None:
@@ -133,11 +147,11 @@ class InlineRunner:
         """
         return cls(sql.connect(path))
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Call ``fn`` with the connection, right now."""
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call ``fn(connection, *args)``, right now."""
         if self._connection is None:
             raise UsageError("this InlineRunner is closed; open a new one")
-        return fn(self._connection)
+        return fn(self._connection, *args)
 
     async def close(self) -> None:
         """Close the connection. Idempotent."""
@@ -173,11 +187,18 @@ class SqliteStore:
         busy_timeout_ms: How long a transaction waits for another connection's write lock
             (another node on the same file) before failing with ``StoreUnavailable``.
         runner_factory: Opens the runner of each connection; ``AiosqliteRunner.open`` by default,
-            ``InlineRunner.open`` to run everything in the calling thread.
+            ``InlineRunner.open`` to run everything in the calling thread. With
+            ``writer="process"`` it opens the reader only.
         clock: Stamps applied schema migrations; ``SystemClock()`` by default.
+        writer: ``"thread"`` (the default) runs the writer connection through
+            ``runner_factory``. ``"process"`` runs it in a child process of its own
+            (``ProcessRunner``), so its transactions never wait for the event loop's thread to
+            let go of the GIL: for write-heavy nodes with a core to spare (see docs/node.md).
+            The child starts at ``open`` and exits at ``close`` or when this process dies.
+            POSIX only, and not with ``":memory:"``.
 
     Raises:
-        UsageError: ``synchronous`` or ``busy_timeout_ms`` is invalid.
+        UsageError: ``synchronous``, ``busy_timeout_ms`` or ``writer`` is invalid.
     """
 
     def __init__(
@@ -188,6 +209,7 @@ class SqliteStore:
         busy_timeout_ms: int = 5_000,
         runner_factory: RunnerFactory | None = None,
         clock: Clock | None = None,
+        writer: str = "thread",
     ) -> None:
         if synchronous.upper() not in sql.SYNCHRONOUS_MODES:
             raise UsageError(
@@ -195,6 +217,18 @@ class SqliteStore:
             )
         if busy_timeout_ms < 0:
             raise UsageError(f"busy_timeout_ms must be >= 0, got {busy_timeout_ms}")
+        if writer not in WRITERS:
+            raise UsageError(f"writer must be one of {list(WRITERS)}, got {writer!r}")
+        if writer == "process" and os.fspath(path) == _MEMORY_PATH:
+            raise UsageError(
+                "writer='process' cannot share a ':memory:' database with this process; name a "
+                "file, or use writer='thread'"
+            )
+        if writer == "process" and os.name != "posix":
+            raise UsageError(
+                "writer='process' needs a POSIX system (Linux, macOS); use writer='thread'"
+            )
+        self._writer_kind = writer
         self._path = os.fspath(path)
         self._synchronous = synchronous.upper()
         self._busy_timeout_ms = busy_timeout_ms
@@ -207,6 +241,20 @@ class SqliteStore:
     def path(self) -> str:
         """The database path this store opens."""
         return self._path
+
+    @property
+    def writer(self) -> str:
+        """Where the writer connection runs: ``"thread"`` or ``"process"``."""
+        return self._writer_kind
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer process's id while the store is open with ``writer="process"``; else
+        ``None``."""
+        connections = self._connections
+        if connections is None or not isinstance(connections.writer, ProcessRunner):
+            return None
+        return connections.writer.pid
 
     async def open(self) -> None:
         """Connect, switch the file to WAL mode and apply pending migrations. Idempotent.
@@ -231,17 +279,17 @@ class SqliteStore:
             await connections.writer.close()
 
     async def _connect(self) -> _Connections:
-        writer = await self._start_runner()
+        writer = await self._start_runner(
+            ProcessRunner.open if self._writer_kind == "process" else self._runner_factory
+        )
         reader: SqliteRunner | None = None
         try:
             await self._prepare_writer(writer)
             if self._path == _MEMORY_PATH:
                 return _Connections(writer, writer)
-            reader = await self._start_runner()
+            reader = await self._start_runner(self._runner_factory)
             busy_timeout_ms = self._busy_timeout_ms
-            await self._call(
-                reader, "configure", lambda conn: sql.configure_reader(conn, busy_timeout_ms)
-            )
+            await self._call(reader, "configure", sql.configure_reader, busy_timeout_ms)
             return _Connections(writer, reader)
         except BaseException:
             if reader is not None:
@@ -249,11 +297,16 @@ class SqliteStore:
             await writer.close()
             raise
 
-    async def _start_runner(self) -> SqliteRunner:
+    async def _start_runner(self, factory: RunnerFactory) -> SqliteRunner:
         try:
-            return await self._runner_factory(self._path)
+            return await factory(self._path)
         except sqlite3.Error as error:
             raise self._unavailable(error, "open") from error
+        except WriterProcessLost as error:
+            raise StoreUnavailable(
+                f"cannot open SQLite database {self._path!r}: {error}. Check that the Python "
+                "running this process can start another one, or use writer='thread'."
+            ) from error
 
     async def _prepare_writer(self, writer: SqliteRunner) -> None:
         synchronous, busy_timeout_ms = self._synchronous, self._busy_timeout_ms
@@ -261,7 +314,9 @@ class SqliteStore:
             journal_mode = await self._call(
                 writer,
                 "configure",
-                lambda conn: sql.configure_writer(conn, synchronous, busy_timeout_ms),
+                sql.configure_writer,
+                synchronous,
+                busy_timeout_ms,
             )
         except sql.UnsupportedSqlite as error:
             raise StoreUnavailable(
@@ -278,7 +333,7 @@ class SqliteStore:
             )
         now_ms = self._clock.wall_ms()
         try:
-            await self._call(writer, "migrate", lambda conn: sql.migrate_tx(conn, now_ms))
+            await self._call(writer, "migrate", sql.migrate_tx, now_ms)
         except sql.UnknownSchemaVersion as error:
             raise StoreUnavailable(
                 f"SQLite database {self._path!r} has schema versions {error.found}, but this "
@@ -295,17 +350,30 @@ class SqliteStore:
             )
         return self._connections
 
-    async def _write(self, operation: str, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._call(self._require_open().writer, operation, fn)
+    async def _write(self, operation: str, fn: Callable[..., T], *args: Any) -> T:
+        return await self._call(self._require_open().writer, operation, fn, *args)
 
-    async def _read(self, operation: str, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._call(self._require_open().reader, operation, fn)
+    async def _read(self, operation: str, fn: Callable[..., T], *args: Any) -> T:
+        return await self._call(self._require_open().reader, operation, fn, *args)
 
     async def _call(
-        self, runner: SqliteRunner, operation: str, fn: Callable[[sqlite3.Connection], T]
+        self, runner: SqliteRunner, operation: str, fn: Callable[..., T], *args: Any
     ) -> T:
+        """``fn(connection, *args)`` on ``runner``, with its errors as mainspring errors. ``fn``
+        is a module-level function of ``_sqlite_sql``, so any runner can send it anywhere."""
         try:
-            return await runner.run(fn)
+            return await runner.run(fn, *args)
+        except WriterProcessLost as error:
+            outcome = (
+                "It may or may not have committed: read the state back before retrying."
+                if error.ambiguous
+                else "Nothing was written."
+            )
+            raise StoreUnavailable(
+                f"{operation} on SQLite database {self._path!r} failed: {error}. {outcome} Close "
+                "the store and open it again (restart the node) to start a new writer process.",
+                ambiguous=error.ambiguous,
+            ) from error
         except sql.CommitFailed as error:
             raise StoreUnavailable(
                 f"COMMIT of {operation} failed on SQLite database {self._path!r}: {error}. It may "
@@ -378,9 +446,7 @@ class SqliteStore:
         check_lease_requests(requests)
         if not requests:
             return []
-        return await self._write(
-            "acquire_leases", lambda conn: sql.acquire_leases_tx(conn, requests)
-        )
+        return await self._write("acquire_leases", sql.acquire_leases_tx, requests)
 
     async def renew_leases(
         self, owner: str, leases: Sequence[tuple[str, int]], now_ms: int, ttl_ms: int
@@ -389,16 +455,14 @@ class SqliteStore:
         if not leases:
             self._require_open()
             return []
-        return await self._write(
-            "renew_leases", lambda conn: sql.renew_leases_tx(conn, owner, leases, now_ms, ttl_ms)
-        )
+        return await self._write("renew_leases", sql.renew_leases_tx, owner, leases, now_ms, ttl_ms)
 
     async def release_leases(self, owner: str, leases: Sequence[tuple[str, int]]) -> None:
         """See ``Store.release_leases``."""
         if not leases:
             self._require_open()
             return
-        await self._write("release_leases", lambda conn: sql.release_leases_tx(conn, owner, leases))
+        await self._write("release_leases", sql.release_leases_tx, owner, leases)
 
     # Appends
 
@@ -415,56 +479,48 @@ class SqliteStore:
             raise UsageError(_twice_named(requests))
         if not requests:
             return []
-        return await self._write("append_batch", lambda conn: sql.append_batch_tx(conn, requests))
+        return await self._write("append_batch", sql.append_batch_tx, requests)
 
     # Reads
 
     async def read_head(self, stream_id: str) -> StreamHead | None:
         """See ``Store.read_head``."""
-        return await self._read("read_head", lambda conn: sql.select_head(conn, stream_id))
+        return await self._read("read_head", sql.select_head, stream_id)
 
     async def read_events(
         self, stream_id: str, after_seq: int = 0, limit: int = 10_000
     ) -> list[StoredEvent]:
         """See ``Store.read_events``."""
-        return await self._read(
-            "read_events", lambda conn: sql.select_events(conn, stream_id, after_seq, limit)
-        )
+        return await self._read("read_events", sql.select_events, stream_id, after_seq, limit)
 
     async def read_snapshot(self, stream_id: str) -> Snapshot | None:
         """See ``Store.read_snapshot``."""
-        return await self._read("read_snapshot", lambda conn: sql.select_snapshot(conn, stream_id))
+        return await self._read("read_snapshot", sql.select_snapshot, stream_id)
 
     async def read_dedupe(self, stream_id: str, limit: int) -> list[DedupeRecord]:
         """See ``Store.read_dedupe``."""
-        return await self._read(
-            "read_dedupe", lambda conn: sql.select_dedupe(conn, stream_id, limit)
-        )
+        return await self._read("read_dedupe", sql.select_dedupe, stream_id, limit)
 
     async def read_lease_history(self, stream_id: str) -> list[LeaseRecord]:
         """See ``Store.read_lease_history``."""
-        return await self._read(
-            "read_lease_history", lambda conn: sql.select_lease_history(conn, stream_id)
-        )
+        return await self._read("read_lease_history", sql.select_lease_history, stream_id)
 
     # Outbox and timers
 
     async def read_outbox(self, limit: int) -> list[OutboxMessage]:
         """See ``Store.read_outbox``."""
-        return await self._read("read_outbox", lambda conn: sql.select_outbox(conn, limit))
+        return await self._read("read_outbox", sql.select_outbox, limit)
 
     async def delete_outbox(self, message_ids: Sequence[str]) -> None:
         """See ``Store.delete_outbox``."""
         if not message_ids:
             self._require_open()
             return
-        await self._write("delete_outbox", lambda conn: sql.delete_outbox_tx(conn, message_ids))
+        await self._write("delete_outbox", sql.delete_outbox_tx, message_ids)
 
     async def read_due_timers(self, now_ms: int, limit: int) -> list[Timer]:
         """See ``Store.read_due_timers``."""
-        return await self._read(
-            "read_due_timers", lambda conn: sql.select_due_timers(conn, now_ms, limit)
-        )
+        return await self._read("read_due_timers", sql.select_due_timers, now_ms, limit)
 
     async def next_timer_due_ms(self) -> int | None:
         """See ``Store.next_timer_due_ms``."""
@@ -472,17 +528,13 @@ class SqliteStore:
 
     async def delete_timer(self, stream_id: str, name: str, due_at_ms: int) -> bool:
         """See ``Store.delete_timer``."""
-        return await self._write(
-            "delete_timer", lambda conn: sql.delete_timer_tx(conn, stream_id, name, due_at_ms)
-        )
+        return await self._write("delete_timer", sql.delete_timer_tx, stream_id, name, due_at_ms)
 
     # Instance index
 
     async def read_instance(self, actor_type: str, actor_id: str) -> InstanceInfo | None:
         """See ``Store.read_instance``."""
-        return await self._read(
-            "read_instance", lambda conn: sql.select_instance(conn, actor_type, actor_id)
-        )
+        return await self._read("read_instance", sql.select_instance, actor_type, actor_id)
 
     async def list_instances(
         self,
@@ -494,7 +546,11 @@ class SqliteStore:
         """See ``Store.list_instances``."""
         return await self._read(
             "list_instances",
-            lambda conn: sql.select_instances(conn, actor_type, status, limit, after),
+            sql.select_instances,
+            actor_type,
+            status,
+            limit,
+            after,
         )
 
     async def list_streams(self) -> list[StreamHead]:
@@ -510,7 +566,11 @@ class SqliteStore:
         check_incarnation(after_incarnation)
         return await self._write(
             "join_member",
-            lambda conn: sql.join_member_tx(conn, node_id, address, now_ms, after_incarnation),
+            sql.join_member_tx,
+            node_id,
+            address,
+            now_ms,
+            after_incarnation,
         )
 
     async def heartbeat_member(
@@ -520,7 +580,11 @@ class SqliteStore:
         check_member_state(state)
         return await self._write(
             "heartbeat_member",
-            lambda conn: sql.heartbeat_member_tx(conn, node_id, incarnation, now_ms, state),
+            sql.heartbeat_member_tx,
+            node_id,
+            incarnation,
+            now_ms,
+            state,
         )
 
     async def list_members(self) -> list[Member]:
@@ -532,7 +596,10 @@ class SqliteStore:
         check_incarnation(incarnation)
         return await self._write(
             "prune_member",
-            lambda conn: sql.prune_member_tx(conn, node_id, incarnation, heartbeat_at_ms),
+            sql.prune_member_tx,
+            node_id,
+            incarnation,
+            heartbeat_at_ms,
         )
 
 
