@@ -130,6 +130,13 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_POSTGRES_DSN,
         help="PostgreSQL DSN (a fresh schema is created in it and dropped at the end)",
     )
+    parser.add_argument(
+        "--sqlite-writer",
+        choices=["thread", "process"],
+        default="thread",
+        help="SqliteStore(writer=...): the writer connection on aiosqlite's thread (the "
+        "default) or in a process of its own",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON line")
 
 
@@ -153,10 +160,11 @@ async def fresh_database(kind: str, dsn: str, label: str) -> AsyncIterator[dict[
         await connection.close()
 
 
-def open_store(kind: str, where: dict[str, str]) -> Any:
-    """The store over ``where``, with the store's default settings (durability included)."""
+def open_store(kind: str, where: dict[str, str], sqlite_writer: str = "thread") -> Any:
+    """The store over ``where``, with the store's default settings (durability included) and,
+    for SQLite, the writer ``--sqlite-writer`` picked."""
     if kind == "sqlite":
-        return SqliteStore(where["path"])
+        return SqliteStore(where["path"], writer=sqlite_writer)
     return PostgresStore(where["dsn"], schema=where["schema"])
 
 

@@ -349,11 +349,13 @@ def git_commit() -> str:
 async def run(arguments: argparse.Namespace) -> dict[str, Any]:
     """One full measurement on a fresh database."""
     async with fresh_database(arguments.store, arguments.dsn, "http") as where:
-        phases = await measure(open_store(arguments.store, where), arguments)
+        store = open_store(arguments.store, where, arguments.sqlite_writer)
+        phases = await measure(store, arguments)
     raw, starts, signals = phases["raw"], phases["start"], phases["signal"]
     inprocess = phases["inprocess"]
     result: dict[str, Any] = {
         "store": arguments.store,
+        "sqlite_writer": arguments.sqlite_writer if arguments.store == "sqlite" else None,
         "concurrency": arguments.concurrency,
         "rounds": arguments.rounds,
         "starts": arguments.starts,

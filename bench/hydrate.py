@@ -90,7 +90,7 @@ async def run(arguments: argparse.Namespace) -> dict[str, Any]:
     # never), not from passivation, so the replaying actor never gains one.
     config = NodeConfig(snapshot_on_passivate=False)
     async with fresh_database(arguments.store, arguments.dsn, "hydrate") as where:
-        store = open_store(arguments.store, where)
+        store = open_store(arguments.store, where, arguments.sqlite_writer)
         node = Node(
             "bench-node", store=store, actors=[SnapshotRecorder, ReplayRecorder], config=config
         )

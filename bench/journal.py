@@ -213,6 +213,7 @@ async def run(arguments: argparse.Namespace) -> dict[str, Any]:
         async with fresh_database("sqlite", arguments.dsn, "raw") as where:
             raw = await raw_sqlite(where["path"], rows, batch)
         result["synchronous"] = sqlite_store_default("synchronous")
+        result["sqlite_writer"] = arguments.sqlite_writer
     else:
         async with fresh_database("postgres", arguments.dsn, "raw") as where:
             raw = await raw_postgres(where["dsn"], where["schema"], rows, batch, unnest=False)
@@ -220,7 +221,8 @@ async def run(arguments: argparse.Namespace) -> dict[str, Any]:
             raw_unnest = await raw_postgres(where["dsn"], where["schema"], rows, batch, unnest=True)
     del rows  # 100k tuples the collector need not walk while the node runs
     async with fresh_database(arguments.store, arguments.dsn, "node") as where:
-        measured = await node_run(open_store(arguments.store, where), actors, commands)
+        store = open_store(arguments.store, where, arguments.sqlite_writer)
+        measured = await node_run(store, actors, commands)
     result["events_per_s"] = round(measured["events_per_s"])
     result["p50_ms"] = rounded(measured["p50_ms"])
     result["p99_ms"] = rounded(measured["p99_ms"])

@@ -181,7 +181,7 @@ async def run(arguments: argparse.Namespace) -> dict[str, Any]:
     }
     async with fresh_database(arguments.store, arguments.dsn, "workflows") as where:
         measured = await node_run(
-            open_store(arguments.store, where),
+            open_store(arguments.store, where, arguments.sqlite_writer),
             arguments.workflows,
             arguments.concurrency,
             arguments.warmup,

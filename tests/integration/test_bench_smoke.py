@@ -33,11 +33,13 @@ def run_bench(script: str, *arguments: str) -> dict[str, object]:
     return result
 
 
-def test_journal_bench_prints_its_figures() -> None:
-    result = run_bench("journal.py", "--actors", "10", "--commands", "5")
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_journal_bench_prints_its_figures(writer: str) -> None:
+    result = run_bench("journal.py", "--actors", "10", "--commands", "5", "--sqlite-writer", writer)
     for key in ("events_per_s", "raw_events_per_s", "ratio", "p50_ms", "p99_ms"):
         assert isinstance(result[key], int | float), key
     assert result["store"] == "sqlite"
+    assert result["sqlite_writer"] == writer
     assert result["actors"] == 10
     assert result["commands"] == 5
     assert result["events"] == 50
