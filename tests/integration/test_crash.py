@@ -27,20 +27,12 @@ from mainspring import Node
 from mainspring.persistence.sqlite import SqliteStore
 from mainspring.seams import SeededRandom
 from tests.support.ledger import Add, Added, Ledger
+from tests.support.processes import process_gone
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 KILL_ROUNDS = 4
 
 pytestmark = pytest.mark.slow
-
-
-def writer_process_gone(pid: int) -> bool:
-    """Whether process ``pid`` has exited (a zombie no init has reaped yet counts as gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
-    return "\nState:\tZ" in status
 
 
 def run_child_and_kill(
@@ -83,10 +75,10 @@ def run_child_and_kill(
     if writer_pid:
         # The writer process sees its channel close and exits by itself.
         for _ in range(500):
-            if writer_process_gone(writer_pid):
+            if process_gone(writer_pid):
                 break
             subprocess.run(["sleep", "0.02"], check=True)
-        assert writer_process_gone(writer_pid), f"writer process {writer_pid} outlived its node"
+        assert process_gone(writer_pid), f"writer process {writer_pid} outlived its node"
 
 
 def parse_log(log_path: Path) -> tuple[dict[str, str], dict[str, tuple[str, int]]]:

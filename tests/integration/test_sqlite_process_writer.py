@@ -27,6 +27,7 @@ from mainspring.persistence import _sqlite_sql as sql
 from mainspring.persistence.sqlite import ProcessRunner, SqliteStore
 from mainspring.persistence.store import AppendRequest, LeaseRequest, NewEvent
 from tests.support import sqlite_writer_calls as calls
+from tests.support.processes import process_gone
 
 TTL_MS = 10_000
 NOW_MS = 1_700_000_000_000
@@ -38,19 +39,10 @@ def one_event(stream_id: str, epoch: int, expected_seq: int) -> AppendRequest:
     )
 
 
-def gone(pid: int) -> bool:
-    """Whether process ``pid`` has exited (a zombie counts as exited)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
-    return "\nState:\tZ" in status
-
-
 async def wait_gone(pid: int) -> None:
     """Wait until process ``pid`` has exited."""
     for _ in range(500):
-        if gone(pid):
+        if process_gone(pid):
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"process {pid} is still running")
