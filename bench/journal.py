@@ -10,7 +10,13 @@ interleaved as group commit writes them (round r holds event r of every stream),
 rows per transaction, with ``executemany``. For PostgreSQL the ceiling of one ``INSERT ...
 SELECT FROM unnest(...)`` per transaction is measured too, since that is how the store writes.
 
-Usage: python bench/journal.py --store sqlite|postgres [--actors 1000] [--commands 100] [--json]
+The process runs with the garbage collector settings ``mainspring node`` uses
+(``tune_garbage_collector``, ``--gc-threshold``, default 50,000) for both the ceiling and the
+node; ``--gc-threshold 0`` keeps CPython's defaults, as an application that embeds a node and
+does not tune its process has them.
+
+Usage: python bench/journal.py --store sqlite|postgres [--actors 1000] [--commands 100]
+       [--gc-threshold N] [--json]
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import mainspring
 from mainspring import Node
 from mainspring.persistence.postgres import PostgresStore
 from mainspring.persistence.sqlite import SqliteStore
+from mainspring.process import GC_THRESHOLD_DEFAULT, tune_garbage_collector
 
 Row = tuple[str, int, int, str, int, bytes, str | None, int]
 
@@ -205,10 +212,13 @@ async def node_run(store: Any, actors: int, commands: int) -> dict[str, Any]:
 async def run(arguments: argparse.Namespace) -> dict[str, Any]:
     """One full measurement: the raw ceiling(s), then the node, each on a fresh database."""
     actors, commands, batch = arguments.actors, arguments.commands, arguments.raw_batch
+    # Both phases run with it, as `mainspring node` runs once it listens.
+    tune_garbage_collector(arguments.gc_threshold)
     rows = interleaved_rows(actors, commands, recorded_ms=1_700_000_000_000)
     result: dict[str, Any] = {"store": arguments.store, "actors": actors, "commands": commands}
     result["payload_bytes"] = len(rows[0][5])
     result["raw_batch"] = batch
+    result["gc_threshold"] = arguments.gc_threshold
     if arguments.store == "sqlite":
         async with fresh_database("sqlite", arguments.dsn, "raw") as where:
             raw = await raw_sqlite(where["path"], rows, batch)
@@ -248,9 +258,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--actors", type=int, default=1000)
     parser.add_argument("--commands", type=int, default=100, help="asks per actor")
     parser.add_argument("--raw-batch", type=int, default=1000, help="rows per raw transaction")
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=GC_THRESHOLD_DEFAULT,
+        help="the garbage collector setting of both phases, as `mainspring node "
+        "--gc-threshold` (0: CPython's defaults, as in an untuned embedding process)",
+    )
     arguments = parser.parse_args(argv)
     if arguments.actors < 1 or arguments.commands < 1 or arguments.raw_batch < 1:
         parser.error("--actors, --commands and --raw-batch must be >= 1")
+    if arguments.gc_threshold < 0:
+        parser.error("--gc-threshold must be >= 0 (0 keeps CPython's defaults)")
     result = asyncio.run(run(arguments))
     if arguments.json:
         print(json.dumps(result))

@@ -234,6 +234,109 @@ class _Wakeup:
 
 
 @final
+class _BatchCommit:
+    """The completion of one handled batch's append (see ``Journal.submit``): called by the
+    journal once the batch is decided, in its commit task, it moves the activation's state on
+    and sends the replies right there, without waking the activation's task.
+
+    One slotted object per commit rather than a closure: a closure over these values would be a
+    function and a cell per value, and every object alive while a commit is in flight is one
+    more for the garbage collector to walk, many times over, with many actors waiting on one
+    commit.
+    """
+
+    __slots__ = (
+        "_activation",
+        "_callbacks",
+        "_dedupe",
+        "_new_seq",
+        "_outbox_written",
+        "_outcomes",
+        "_request",
+        "_snapshot",
+        "_status",
+        "_timers_due_ms",
+        "_working",
+    )
+
+    def __init__(
+        self,
+        activation: Activation,
+        request: AppendRequest,
+        working: Any,
+        new_seq: int,
+        snapshot: Snapshot | None,
+        status: str | None,
+        dedupe: list[DedupeRecord] | None,
+        outcomes: list[tuple[_Envelope, Any, BaseException | None]],
+        callbacks: list[Callable[[], None]] | None,
+        outbox_written: bool,
+        timers_due_ms: int | None,
+    ) -> None:
+        self._activation = activation
+        self._request = request
+        self._working = working
+        self._new_seq = new_seq
+        self._snapshot = snapshot
+        self._status = status
+        self._dedupe = dedupe
+        self._outcomes = outcomes
+        self._callbacks = callbacks
+        self._outbox_written = outbox_written
+        self._timers_due_ms = timers_due_ms
+
+    def __call__(self, failure: BaseException | None) -> None:
+        activation = self._activation
+        host = activation.host
+        outcomes = self._outcomes
+        assert activation.committing
+        activation.committing = False
+        activation.busy = False
+        refused = False
+        if activation.claiming:
+            activation.claiming = False
+            if failure is None:
+                activation.hydrated = True  # the stream is ours, at epoch 1, as written
+                host.statistics.leases_acquired += 1
+            elif isinstance(failure, StreamExists):
+                # Not new after all, and nothing was written: the messages go to a new
+                # activation, which takes the lease and reads the stream.
+                host.statistics.claims_refused += 1
+                activation.mailbox.extendleft(reversed([envelope for envelope, _, _ in outcomes]))
+                refused = True
+        try:
+            if failure is None:
+                activation.apply_commit(
+                    self._request,
+                    self._working,
+                    self._new_seq,
+                    self._snapshot,
+                    self._status,
+                    self._dedupe,
+                    outcomes,
+                    self._callbacks,
+                )
+                if self._outbox_written:
+                    host.on_outbox_written()
+                if self._timers_due_ms is not None:
+                    host.on_timers_set(self._timers_due_ms)
+        except Exception as error:
+            log.exception("CommitCompletionFailed", extra={"stream_id": activation.stream_id})
+            failure = error
+        if failure is not None:
+            if isinstance(failure, Fenced | ConcurrencyConflict) and not refused:
+                host.statistics.fenced += 1
+            for envelope, _, _ in () if refused else outcomes:
+                _settle(envelope, error=failure)
+            # Our view of the stream is not to be trusted: leave without releasing the
+            # lease; queued messages start afresh in a new activation.
+            activation.commit_failed = True
+            host.forget(activation)
+            host.redeliver(activation)
+        activation.commit_decided(failure is None)
+
+
+@final
 class Activation:
     """One live actor: its state, its mailbox and the task that is its single writer."""
 
@@ -670,52 +773,19 @@ class Activation:
             for envelope, reply, error in outcomes:
                 _settle(envelope, result=reply, error=error)
 
-        def committed(failure: BaseException | None) -> None:
-            # Called by the journal once the batch is decided, in its commit task: the state
-            # moves on and the replies go out right there, without waking this actor's task.
-            assert self.committing
-            self.committing = False
-            self.busy = False
-            refused = False
-            if self.claiming:
-                self.claiming = False
-                if failure is None:
-                    self.hydrated = True  # the stream is ours, at epoch 1, as written
-                    host.statistics.leases_acquired += 1
-                elif isinstance(failure, StreamExists):
-                    # Not new after all, and nothing was written: the messages go to a new
-                    # activation, which takes the lease and reads the stream.
-                    host.statistics.claims_refused += 1
-                    self.mailbox.extendleft(reversed([envelope for envelope, _, _ in outcomes]))
-                    refused = True
-            try:
-                if failure is None:
-                    self._apply_commit(
-                        request, working, new_seq, snapshot, status, dedupe, outcomes, callbacks
-                    )
-                    if outbox:
-                        host.on_outbox_written()
-                    if timers_set:
-                        host.on_timers_set(min(timer.due_at_ms for timer in timers_set.values()))
-            except Exception as error:
-                log.exception("CommitCompletionFailed", extra={"stream_id": self.stream_id})
-                failure = error
-            if failure is not None:
-                if isinstance(failure, Fenced | ConcurrencyConflict) and not refused:
-                    host.statistics.fenced += 1
-                for envelope, _, _ in () if refused else outcomes:
-                    _settle(envelope, error=failure)
-                # Our view of the stream is not to be trusted: leave without releasing the
-                # lease; queued messages start afresh in a new activation.
-                self.commit_failed = True
-                host.forget(self)
-                host.redeliver(self)
-            outcome, self._commit_outcome = self._commit_outcome, None
-            if outcome is not None and not outcome.done():
-                outcome.set_result(failure is None)
-            if self.commit_failed or self.mailbox or self.passivate_requested or host.closing:
-                self.wakeup.set()
-
+        committed = _BatchCommit(
+            self,
+            request,
+            working,
+            new_seq,
+            snapshot,
+            status,
+            dedupe,
+            outcomes,
+            callbacks,
+            bool(outbox),
+            min(timer.due_at_ms for timer in timers_set.values()) if timers_set else None,
+        )
         try:
             await host.journal.submit(request, committed)
         except NodeClosed as failure:
@@ -725,7 +795,17 @@ class Activation:
         self.committing = True
         return True
 
-    def _apply_commit(
+    def commit_decided(self, committed: bool) -> None:
+        """The journal decided this activation's commit in flight (after ``apply_commit`` when
+        it committed): tell a traced batch waiting on it, and wake the loop if it has work."""
+        outcome, self._commit_outcome = self._commit_outcome, None
+        if outcome is not None and not outcome.done():
+            outcome.set_result(committed)
+        host = self.host
+        if self.commit_failed or self.mailbox or self.passivate_requested or host.closing:
+            self.wakeup.set()
+
+    def apply_commit(
         self,
         request: AppendRequest,
         working: Any,
