@@ -91,6 +91,16 @@ def creates_actor(message: object) -> bool:
     return getattr(type(message), "creates_actor", False) is True
 
 
+def _is_async_function(function: Callable[..., Any]) -> bool:
+    """Whether ``function`` is ``async def``, or a wrapper (``functools.wraps``) of one."""
+    candidate: object = function
+    while candidate is not None:
+        if inspect.iscoroutinefunction(candidate):
+            return True
+        candidate = getattr(candidate, "__wrapped__", None)
+    return False
+
+
 def _message_type_of(function: Callable[..., Any], owner: type) -> type:
     declared = getattr(function, _HANDLER_MARK)
     if declared is not None:
@@ -140,6 +150,7 @@ class Actor(Generic[S]):
     """``evolve`` changes the state in place (for large states): a handler that raises after
     emitting then drops the activation, which re-hydrates from the store."""
     _handlers: ClassVar[dict[type, Callable[..., Any]]]
+    _async_handlers: ClassVar[frozenset[Callable[..., Any]]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -161,6 +172,9 @@ class Actor(Generic[S]):
         if not handlers:
             raise UsageError(f"{cls.__qualname__} has no @handler methods; it could do nothing")
         cls._handlers = handlers
+        cls._async_handlers = frozenset(
+            function for function in handlers.values() if _is_async_function(function)
+        )
 
     @classmethod
     def handler_for(cls, message: object) -> Callable[..., Any]:
@@ -178,6 +192,12 @@ class Actor(Generic[S]):
             f"actor type {cls.type_name!r} has no handler for {type(message).__qualname__}; "
             f"it handles: {known}"
         )
+
+    @classmethod
+    def is_async_handler(cls, function: Callable[..., Any]) -> bool:
+        """Whether ``function``, one of this type's handlers, is ``async def`` (its reply is
+        awaited; the others' replies are used as they are)."""
+        return function in cls._async_handlers
 
     @classmethod
     def handled_types(cls) -> list[type]:

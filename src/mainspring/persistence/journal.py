@@ -204,6 +204,11 @@ class Journal:
         self._pending.append((request, completion))
         self._wakeup.set()
 
+    def has_room(self) -> bool:
+        """Whether ``submit`` would queue a request now without waiting (the journal is open,
+        below ``pending_requests_max`` and nobody waits for a place)."""
+        return self._room > 0 and not self._room_waiters and not self._closing
+
     async def acquire_lease(self, request: LeaseRequest) -> Lease:
         """Take a lease in the next lease transaction (see ``Store.acquire_leases``), together
         with the other lease requests waiting for one.
