@@ -445,6 +445,41 @@ async def test_requests_in_a_batch_succeed_or_fail_on_their_own(store: Any) -> N
     assert sorted(timer.stream_id for timer in due) == ["acct/ok1", "acct/ok2"]
 
 
+async def test_a_batch_keeps_every_event_byte_for_byte_in_its_own_stream(store: Any) -> None:
+    """Payloads of any bytes (empty, NUL, every byte value) and several type names, spread
+    over requests of zero to three events in a batch whose order is not its streams' order."""
+    payloads = [b"", b"\x00", bytes(range(256)), b'{"n":"\xc3\xa9"}', b"\xff" * 3000]
+    names = ["a.b:c-d_1", "test.happened", "X"]
+    leases = {
+        stream_id: await store.acquire_lease(stream_id, "node-1", NOW_MS, TTL_MS)
+        for stream_id in ("acct/z", "acct/\u00e9t\u00e9", "acct/a", "acct/m")
+    }
+    written: dict[str, list[tuple[str, int, bytes, str | None]]] = {}
+    requests = []
+    for number, stream_id in enumerate(leases):
+        rows = [
+            (names[(number + k) % 3], k + 1, payloads[(number + k) % 5], f"{stream_id}:{k}")
+            for k in range(number)  # 0, 1, 2 and 3 events
+        ]
+        written[stream_id] = rows
+        requests.append(
+            AppendRequest(
+                stream_id=stream_id,
+                epoch=leases[stream_id].epoch,
+                expected_seq=0,
+                events=[NewEvent(*row) for row in rows],
+                recorded_at_ms=NOW_MS,
+            )
+        )
+    assert await store.append_batch(requests) == [None] * len(requests)
+    for stream_id, rows in written.items():
+        stored = await store.read_events(stream_id)
+        assert [(e.stream_id, e.seq) for e in stored] == [
+            (stream_id, seq) for seq in range(1, len(rows) + 1)
+        ]
+        assert [(e.type_name, e.type_version, e.payload, e.message_id) for e in stored] == rows
+
+
 async def test_a_batch_may_not_name_a_stream_twice(store: Any) -> None:
     lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
     with pytest.raises(UsageError):

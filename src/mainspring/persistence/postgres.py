@@ -138,16 +138,64 @@ _APPEND_PARAMETERS: Final = (
 
 _INTEGER_ARRAYS: Final = frozenset({"bigint[]", "integer[]"})
 
-# Named notation: a parameter out of step with the function fails loudly instead of shifting.
-# Integer arrays go as text ('{1,2,3}', see _integer_array) that the server casts.
-_APPEND_SQL: Final = (
-    "SELECT request_index, current_epoch, current_head FROM append_batch("
-    + ", ".join(
-        f"{name} => ${number}::{'text::' if kind in _INTEGER_ARRAYS else ''}{kind}"
-        for number, (name, kind) in enumerate(_APPEND_PARAMETERS, start=1)
-    )
-    + ")"
+_PACKED_BYTEA: Final = frozenset({"e_payload"})
+"""Columns sent as two arguments, the values end to end in one ``bytea`` and their lengths,
+which the server cuts apart. As an array, each of a batch's values would cost asyncpg two
+abstract-base-class checks and an encoder call; one ``bytes`` and one text costs neither."""
+
+_JOINED_NAMES: Final = frozenset({"e_type_name"})
+"""Columns of registered type names sent as one text, joined with ',': a type name is letters,
+digits, '_', '.', ':' and '-' only (``mainspring.codec``), so it never holds the separator."""
+
+_EVENT_STREAMS_SQL: Final = (
+    "ARRAY(SELECT ($p_stream::text[])[u.i] "
+    "FROM unnest($e_request::text::integer[]) WITH ORDINALITY AS u(i, n) ORDER BY u.n)"
 )
+"""``e_stream``, not sent at all: each event's stream is its request's (``p_stream`` at the
+event's ``e_request``)."""
+
+_SPLIT_BYTEA_SQL: Final = (
+    "ARRAY(SELECT substring($joined::bytea FROM (t.e - t.l + 1)::integer FOR t.l) "
+    "FROM (SELECT u.l, u.n, sum(u.l) OVER (ORDER BY u.n) AS e "
+    "FROM unnest($lengths::text::integer[]) WITH ORDINALITY AS u(l, n)) AS t ORDER BY t.n)"
+)
+
+
+def _append_statement() -> tuple[str, dict[str, int]]:
+    """The append_batch call and, for each parameter sent, the index of its argument.
+
+    Named notation: a parameter out of step with the function fails loudly instead of
+    shifting. Integer arrays go as text ('{1,2,3}', see _integer_array) that the server casts.
+    """
+    positions: dict[str, int] = {}
+    expressions: list[str] = []
+    sent = 0  # arguments so far
+    for name, kind in _APPEND_PARAMETERS:
+        if name == "e_stream":
+            continue  # after the loop: it refers to two other parameters
+        positions[name] = sent
+        sent += 2 if name in _PACKED_BYTEA else 1
+        number = positions[name] + 1
+        if name in _PACKED_BYTEA:
+            expression = _SPLIT_BYTEA_SQL.replace("$joined", f"${number}").replace(
+                "$lengths", f"${number + 1}"
+            )
+        elif name in _JOINED_NAMES:
+            expression = f"string_to_array(${number}::text, ',')"
+        elif kind in _INTEGER_ARRAYS:
+            expression = f"${number}::text::{kind}"
+        else:
+            expression = f"${number}::{kind}"
+        expressions.append(f"{name} => {expression}")
+    streams = _EVENT_STREAMS_SQL.replace("$p_stream", f"${positions['p_stream'] + 1}")
+    streams = streams.replace("$e_request", f"${positions['e_request'] + 1}")
+    expressions.append(f"e_stream => {streams}")
+    call = ", ".join(expressions)
+    return f"SELECT request_index, current_epoch, current_head FROM append_batch({call})", positions
+
+
+_APPEND_SQL, _ARGUMENT_INDEX = _append_statement()
+_ARGUMENT_COUNT: Final = len(_ARGUMENT_INDEX) + len(_PACKED_BYTEA)
 
 # Every request of a batch is one row of ``wanted``; rows are upserted in stream-id order (the
 # order append_batch locks in, so the two never deadlock). The conditions that depend on the
@@ -568,7 +616,7 @@ class PostgresStore:
         claims: Sequence[AppendRequest],
         requests: Sequence[AppendRequest],
         order: Sequence[int],
-        arguments: list[list[Any] | str | None],
+        arguments: list[list[Any] | str | bytes | None],
     ) -> list[Any]:
         """``append_batch`` for a batch where some requests create their streams: one
         transaction creates the streams that do not exist yet (leased at epoch 1 to the claims'
@@ -602,9 +650,8 @@ class PostgresStore:
                             else request.epoch
                             for request in (requests[original] for original in order)
                         ]
-                        position = [name for name, _ in _APPEND_PARAMETERS].index("p_epoch")
                         arguments = list(arguments)
-                        arguments[position] = _integer_array(epochs)
+                        arguments[_ARGUMENT_INDEX["p_epoch"]] = _integer_array(epochs)
                     return list(await connection.fetch(_APPEND_SQL, *arguments))
         except _DRIVER_ERRORS as error:
             ambiguous = sent and not _failed_before_commit(error)
@@ -970,11 +1017,7 @@ def _lock_key(schema: str) -> int:
 # Arguments of append_batch
 
 
-_NULLABLE_POSITIONS: Final = tuple(
-    position
-    for position, (name, _) in enumerate(_APPEND_PARAMETERS)
-    if name in ("p_status", "e_message_id")
-)
+_NULLABLE_POSITIONS: Final = tuple(_ARGUMENT_INDEX[name] for name in ("p_status", "e_message_id"))
 """The columns that are usually all NULL (no status change, events without a message id); each
 is read only through a multi-array unnest(), which pads a NULL array with NULLs."""
 assert len(_NULLABLE_POSITIONS) == 2
@@ -998,8 +1041,10 @@ def _integer_array(values: list[int]) -> str:
 
 def _append_arguments(
     requests: Sequence[AppendRequest], order: Sequence[int]
-) -> list[list[Any] | str | None]:
-    """The parallel arrays of the append_batch function, in ``_APPEND_PARAMETERS`` order.
+) -> list[list[Any] | str | bytes | None]:
+    """The arguments of ``_APPEND_SQL``: the parallel arrays of the append_batch function, in
+    ``_APPEND_PARAMETERS`` order, some of them packed (``_PACKED_BYTEA``, ``_JOINED_NAMES``)
+    and one left to the server (``e_stream``).
 
     ``order`` lists the requests' indexes sorted by stream id; a request is named in the arrays
     by its 1-based place in that order. Each array is one list comprehension: this runs for
@@ -1020,15 +1065,26 @@ def _append_arguments(
     assert len(columns) == len(_APPEND_PARAMETERS), sorted(columns)
     assert len(columns["p_stream"]) == len(requests)
     assert len(columns["e_seq"]) == sum(len(request.events) for request in requests)
-    arguments: list[list[Any] | str | None] = [
-        _integer_array(columns[name]) if kind in _INTEGER_ARRAYS else columns[name]
-        for name, kind in _APPEND_PARAMETERS
-    ]
+    arguments: list[list[Any] | str | bytes | None] = []
+    for name, kind in _APPEND_PARAMETERS:
+        column = columns[name]
+        if name not in _ARGUMENT_INDEX:
+            continue  # derived by the server
+        if name in _PACKED_BYTEA:
+            arguments.append(b"".join(column))
+            arguments.append(_integer_array([len(value) for value in column]))
+        elif name in _JOINED_NAMES:
+            arguments.append(",".join(column))
+        elif kind in _INTEGER_ARRAYS:
+            arguments.append(_integer_array(column))
+        else:
+            arguments.append(column)
+    assert len(arguments) == _ARGUMENT_COUNT, (len(arguments), _ARGUMENT_COUNT)
     for position in _NULLABLE_POSITIONS:
         # A column of NULLs goes as one NULL array: asyncpg checks and encodes every element
         # of an array, and the function's multi-array unnest() pads a NULL array with NULLs.
-        column = arguments[position]
-        if column and all(value is None for value in column):
+        nullable = arguments[position]
+        if isinstance(nullable, list) and nullable and all(v is None for v in nullable):
             arguments[position] = None
     return arguments
 
