@@ -257,17 +257,17 @@ class _BatchCommit:
     """
 
     __slots__ = (
-        "_activation",
-        "_callbacks",
-        "_dedupe",
-        "_new_seq",
-        "_outbox_written",
-        "_outcomes",
-        "_request",
-        "_snapshot",
-        "_status",
-        "_timers_due_ms",
-        "_working",
+        "activation",
+        "callbacks",
+        "dedupe",
+        "new_seq",
+        "outbox_written",
+        "outcomes",
+        "request",
+        "snapshot",
+        "status",
+        "timers_due_ms",
+        "working",
     )
 
     def __init__(
@@ -284,22 +284,22 @@ class _BatchCommit:
         outbox_written: bool,
         timers_due_ms: int | None,
     ) -> None:
-        self._activation = activation
-        self._request = request
-        self._working = working
-        self._new_seq = new_seq
-        self._snapshot = snapshot
-        self._status = status
-        self._dedupe = dedupe
-        self._outcomes = outcomes
-        self._callbacks = callbacks
-        self._outbox_written = outbox_written
-        self._timers_due_ms = timers_due_ms
+        self.activation = activation
+        self.request = request
+        self.working = working
+        self.new_seq = new_seq
+        self.snapshot = snapshot
+        self.status = status
+        self.dedupe = dedupe
+        self.outcomes = outcomes
+        self.callbacks = callbacks
+        self.outbox_written = outbox_written
+        self.timers_due_ms = timers_due_ms
 
     def __call__(self, failure: BaseException | None) -> None:
-        activation = self._activation
+        activation = self.activation
         host = activation.host
-        outcomes = self._outcomes
+        outcomes = self.outcomes
         assert activation.committing
         activation.committing = False
         activation.busy = False
@@ -317,20 +317,11 @@ class _BatchCommit:
                 refused = True
         try:
             if failure is None:
-                activation.apply_commit(
-                    self._request,
-                    self._working,
-                    self._new_seq,
-                    self._snapshot,
-                    self._status,
-                    self._dedupe,
-                    outcomes,
-                    self._callbacks,
-                )
-                if self._outbox_written:
+                activation.apply_commit(self)
+                if self.outbox_written:
                     host.on_outbox_written()
-                if self._timers_due_ms is not None:
-                    host.on_timers_set(self._timers_due_ms)
+                if self.timers_due_ms is not None:
+                    host.on_timers_set(self.timers_due_ms)
         except Exception as error:
             log.exception("CommitCompletionFailed", extra={"stream_id": activation.stream_id})
             failure = error
@@ -887,33 +878,24 @@ class Activation:
         if self.dropped or self.mailbox or self.passivate_requested or host.closing:
             self.wakeup.set()
 
-    def apply_commit(
-        self,
-        request: AppendRequest,
-        working: Any,
-        new_seq: int,
-        snapshot: Snapshot | None,
-        status: str | None,
-        dedupe: list[DedupeRecord] | None,
-        outcomes: list[tuple[_Envelope, Any, BaseException | None]],
-        callbacks: list[Callable[[], None]] | None,
-    ) -> None:
-        """The batch of ``request`` committed: move the state on, then reply."""
+    def apply_commit(self, commit: _BatchCommit) -> None:
+        """The batch of ``commit`` committed: move the state on, then reply."""
+        request, new_seq = commit.request, commit.new_seq
         assert request.new_head_seq == self.seq + len(request.events) == new_seq
-        self.state = working
+        self.state = commit.working
         self.seq = new_seq
-        self.status = status
-        if snapshot is not None:
+        self.status = commit.status
+        if commit.snapshot is not None:
             self.snapshot_seq = new_seq
-        if dedupe:
-            for record in dedupe:
+        if commit.dedupe:
+            for record in commit.dedupe:
                 self.dedupe[record.message_id] = record.reply
         while len(self.dedupe) > self.actor_cls.dedupe_window:
             self.dedupe.popitem(last=False)
-        for envelope, reply, error in outcomes:
+        for envelope, reply, error in commit.outcomes:
             _settle(envelope, result=reply, error=error)
-        if callbacks:
-            self._run_callbacks(callbacks)
+        if commit.callbacks:
+            self._run_callbacks(commit.callbacks)
 
 
 @final
