@@ -47,9 +47,12 @@ class TypeInfo:
     kind: str
 
 
-@attrs.frozen
+@attrs.define
 class Encoded:
-    """An encoded value: the stable type name and version it was written under, and JSON bytes."""
+    """An encoded value: the stable type name and version it was written under, and JSON bytes.
+
+    Not frozen (one is built for every event emitted, see ``AppendRequest``); treat it as
+    immutable."""
 
     type_name: str
     type_version: int

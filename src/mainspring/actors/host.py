@@ -955,6 +955,9 @@ class ActorHost:
         self.reply_before_commit = False
         self._handling_now = False
         """A message is being handled inside ``deliver`` (``Activation.handle_now``)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop the node runs on, from the first ``deliver`` (a node starts only once).
+        ``asyncio.get_running_loop()`` costs a system call (``getpid``) on every call."""
 
     def actor_type(self, actor: type[Actor[Any]] | str) -> type[Actor[Any]]:
         """The hosted actor class for a class or a type name.
@@ -1011,7 +1014,12 @@ class ActorHost:
             activation = self._activate(actor_cls, actor_id, claim=self._claims(message))
         if len(activation.mailbox) >= self.config.mailbox_messages_max:
             raise Overloaded(f"the mailbox of {stream_id!r}", self.config.mailbox_messages_max, 1.0)
-        future = asyncio.get_running_loop().create_future() if want_reply else None
+        future = None
+        if want_reply:
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            future = loop.create_future()
         self.live.move_to_end(stream_id)
         if (
             self.tracer is None
