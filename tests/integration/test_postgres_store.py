@@ -18,12 +18,13 @@ import pytest
 
 from mainspring.errors import ConcurrencyConflict, Fenced, StoreUnavailable, UsageError
 from mainspring.persistence.memory import MemoryStore
-from mainspring.persistence.postgres import PostgresStore
+from mainspring.persistence.postgres import PostgresStore, _text_array
 from mainspring.persistence.store import (
     SCHEMA_VERSION,
     AppendRequest,
     DedupeRecord,
     NewEvent,
+    Timer,
 )
 from tests.conftest import POSTGRES_DSN, drop_postgres_schema, require_postgres
 
@@ -358,8 +359,8 @@ async def test_a_statement_the_server_rejects_is_unavailable_but_not_ambiguous(
 async def test_append_values_the_columns_cannot_hold_are_usage_errors(
     make_store: StoreMaker,
 ) -> None:
-    """Integer columns travel as array text: a value out of range or not an int is refused as
-    the caller's mistake, and the batch writes nothing."""
+    """Integer and text columns travel as array text: a value out of range, or not an int or
+    a str, is refused as the caller's mistake, and the batch writes nothing."""
     store = make_store()
     await store.open()
     lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
@@ -367,9 +368,70 @@ async def test_append_values_the_columns_cannot_hold_are_usage_errors(
         await store.append_batch([request("acct/a", lease.epoch, 0, dedupe_window=2**63)])
     with pytest.raises(UsageError, match="the store takes ints"):
         await store.append_batch([request("acct/a", lease.epoch, 0, dedupe_window=1.5)])
+    with pytest.raises(UsageError, match="the store takes str"):
+        await store.append_batch([request("acct/a", lease.epoch, 0, status=7)])
     assert await store.read_events("acct/a") == []
     assert await store.append_batch([request("acct/a", lease.epoch, 0)]) == [None]
     assert [event.seq for event in await store.read_events("acct/a")] == [1]
+
+
+# Text that array text must quote or escape: its own syntax, whitespace, the word NULL.
+AWKWARD_TEXTS = [
+    'a"quote',
+    "back\\slash",
+    '\\"',
+    "{braces},commas",
+    " leading and trailing ",
+    "NULL",
+    "null",
+    "",
+    "tab\tnewline\n",
+    "ünïcödé ☃ 𝄞",
+    "plain",
+]
+
+
+@pytest.mark.postgres
+async def test_text_array_is_read_back_exactly(
+    admin: asyncpg.Connection[asyncpg.Record],
+) -> None:
+    """Text columns travel as array text (_text_array): every character comes back as it was,
+    NULL stays NULL and the word 'NULL' stays a word."""
+    for values in ([], AWKWARD_TEXTS, [None, "x", None], ["only"], [None]):
+        assert await admin.fetchval("SELECT $1::text::text[]", _text_array(values)) == values
+
+
+@pytest.mark.postgres
+async def test_ids_with_array_syntax_in_them_are_stored_exactly(make_store: StoreMaker) -> None:
+    """Stream ids, message ids, timer names and type names that hold quotes, backslashes,
+    braces or commas are written and read back unchanged, each in its own stream."""
+    store = make_store()
+    await store.open()
+    streams = [f"acct/{text}" for text in AWKWARD_TEXTS if text]
+    epochs = {}
+    for stream_id in streams:
+        epochs[stream_id] = (await store.acquire_lease(stream_id, "node-1", NOW_MS, TTL_MS)).epoch
+    requests = [
+        AppendRequest(
+            stream_id=stream_id,
+            epoch=epochs[stream_id],
+            expected_seq=0,
+            events=[NewEvent("test.happened", 1, stream_id.encode(), message_id=f"m,{stream_id}")],
+            recorded_at_ms=NOW_MS,
+            dedupe=[DedupeRecord(f"m,{stream_id}", 1, b"r")],
+            timers_set=[Timer(stream_id, f'"{stream_id}"', NOW_MS + index, None)],
+        )
+        for index, stream_id in enumerate(streams)
+    ]
+    assert await store.append_batch(requests) == [None] * len(requests)
+    for stream_id in streams:
+        [event] = await store.read_events(stream_id)
+        assert (event.payload, event.message_id) == (stream_id.encode(), f"m,{stream_id}")
+        assert await store.read_dedupe(stream_id, 10) == [DedupeRecord(f"m,{stream_id}", 1, b"r")]
+    timers = await store.read_due_timers(NOW_MS + len(streams), 100)
+    assert sorted((timer.stream_id, timer.name) for timer in timers) == sorted(
+        (stream_id, f'"{stream_id}"') for stream_id in streams
+    )
 
 
 @pytest.mark.postgres
