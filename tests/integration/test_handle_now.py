@@ -172,6 +172,23 @@ async def test_a_full_journal_sends_the_message_to_the_actors_task() -> None:
         assert activation.can_handle_now()
 
 
+async def test_an_actor_waits_for_room_in_a_full_journal_then_commits() -> None:
+    async with node_on(MemoryStore()) as node:
+        await idle_activation(node, Account, "a")
+        journal = node.host.journal
+        requests = journal.statistics.requests
+        room, journal._room = journal._room, 0
+        future = node.host.deliver(Account, "a", Deposit(4), None, want_reply=True)
+        assert future is not None
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not future.done()  # the actor's task waits for a place in the journal
+        assert journal.statistics.requests == requests
+        journal._give_back_room(room)
+        assert await future == 4
+        assert journal.statistics.requests == requests + 1
+
+
 async def test_a_rejected_message_handled_at_once_writes_nothing(store_factory: Any) -> None:
     store = store_factory()
     async with node_on(store) as node:

@@ -214,6 +214,31 @@ async def test_submit_tells_each_request_its_outcome_even_when_a_completion_fail
         await journal.submit(one_event("s/2", epochs[2], 1), completion("s/2"))
 
 
+async def test_submit_now_queues_like_submit_while_there_is_room() -> None:
+    store = GatedStore()
+    await store.open()
+    epochs = await leased(store, 3)
+    journal = Journal(
+        store, SystemClock(), batch_requests_max=2, commits_in_flight_max=1, pending_requests_max=2
+    )
+    await journal.start()
+    told: list[tuple[str, object]] = []
+    for n in range(2):
+        assert journal.has_room()
+        journal.submit_now(
+            one_event(f"s/{n}", epochs[n], 0),
+            lambda failure, n=n: told.append((f"s/{n}", failure)),
+        )
+    assert not journal.has_room()  # two requests pending fill the bound
+    with pytest.raises(AssertionError, match="submit_now without room"):
+        journal.submit_now(one_event("s/2", epochs[2], 0), lambda failure: None)
+    store.gate.set()
+    await journal.close()
+    assert told == [("s/0", None), ("s/1", None)]
+    assert await store.read_events("s/2") == []
+    assert journal.statistics.requests == 2
+
+
 class CountingStore(MemoryStore):  # type: ignore[misc]
     """Records the size of every lease batch; fails them all while ``failing`` is set."""
 

@@ -859,8 +859,12 @@ class Activation:
             bool(outbox),
             min(timer.due_at_ms for timer in timers_set.values()) if timers_set else None,
         )
+        journal = host.journal
         try:
-            await host.journal.submit(request, committed)
+            if journal.has_room():
+                journal.submit_now(request, committed)  # no coroutine for the usual case
+            else:
+                await journal.submit(request, committed)
         except NodeClosed as failure:
             for envelope, _, _ in outcomes:
                 _settle(envelope, error=failure)

@@ -204,6 +204,14 @@ class Journal:
         self._pending.append((request, completion))
         self._wakeup.set()
 
+    def submit_now(self, request: AppendRequest, completion: Completion) -> None:
+        """``submit`` for a caller that found ``has_room()``: queues ``request`` without a
+        coroutine, which is all ``submit`` would have done."""
+        assert self.has_room(), "submit_now without room; await submit() instead"
+        self._room -= 1
+        self._pending.append((request, completion))
+        self._wakeup.set()
+
     def has_room(self) -> bool:
         """Whether ``submit`` would queue a request now without waiting (the journal is open,
         below ``pending_requests_max`` and nobody waits for a place)."""
