@@ -162,14 +162,21 @@ async def test_a_stream_waits_for_its_own_commit_in_flight() -> None:
     assert [e.seq for e in await store.read_events("s/0")] == [1, 2]
 
 
-async def test_appends_beyond_the_pending_bound_wait_in_order_for_room() -> None:
+async def bounded_journal(streams: int) -> tuple[GatedStore, list[int], Journal]:
+    """A started journal over a gated store with ``streams`` leased streams, room for two
+    pending requests, batches of two and one commit in flight."""
     store = GatedStore()
     await store.open()
-    epochs = await leased(store, 5)
+    epochs = await leased(store, streams)
     journal = Journal(
         store, SystemClock(), batch_requests_max=2, commits_in_flight_max=1, pending_requests_max=2
     )
     await journal.start()
+    return store, epochs, journal
+
+
+async def test_appends_beyond_the_pending_bound_wait_in_order_for_room() -> None:
+    store, epochs, journal = await bounded_journal(5)
     appends = [
         asyncio.ensure_future(journal.append(one_event(f"s/{n}", epochs[n], 0))) for n in range(5)
     ]
@@ -215,13 +222,7 @@ async def test_submit_tells_each_request_its_outcome_even_when_a_completion_fail
 
 
 async def test_submit_now_queues_like_submit_while_there_is_room() -> None:
-    store = GatedStore()
-    await store.open()
-    epochs = await leased(store, 3)
-    journal = Journal(
-        store, SystemClock(), batch_requests_max=2, commits_in_flight_max=1, pending_requests_max=2
-    )
-    await journal.start()
+    store, epochs, journal = await bounded_journal(3)
     told: list[tuple[str, object]] = []
     for n in range(2):
         assert journal.has_room()
