@@ -105,12 +105,15 @@ def sqlite_store_default(parameter: str) -> Any:
 async def raw_sqlite(path: str, rows: Sequence[Row], batch: int) -> float:
     """Events per second of aiosqlite inserting ``rows`` into the store's ``events`` table, one
     ``BEGIN IMMEDIATE``/``executemany``/``COMMIT`` per ``batch`` rows, with the writer PRAGMAs
-    the store sets (WAL, and its default ``synchronous`` and busy timeout)."""
+    the store sets (WAL, and its default ``synchronous``, busy timeout, page cache and
+    checkpoint interval)."""
     store = SqliteStore(path)
     await store.open()  # creates the schema exactly as the store has it
     await store.close()
     synchronous = sqlite_store_default("synchronous")
     busy_timeout_ms = sqlite_store_default("busy_timeout_ms")
+    cache_mib = sqlite_store_default("cache_mib")
+    checkpoint_pages = sqlite_store_default("checkpoint_pages")
     connection = await aiosqlite.connect(path, isolation_level=None)
     try:
         await connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -119,6 +122,9 @@ async def raw_sqlite(path: str, rows: Sequence[Row], batch: int) -> float:
         await connection.execute(f"PRAGMA synchronous = {synchronous}")
         cursor = await connection.execute("PRAGMA synchronous")
         assert (await cursor.fetchone()) == (_SYNCHRONOUS_LEVELS[synchronous],)
+        await connection.execute(f"PRAGMA cache_size = {-1024 * int(cache_mib)}")
+        cursor = await connection.execute(f"PRAGMA wal_autocheckpoint = {int(checkpoint_pages)}")
+        assert (await cursor.fetchone()) == (checkpoint_pages,)
         sql = f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
         chunks = batches(rows, batch)
         started = time.perf_counter()
@@ -223,6 +229,8 @@ async def run(arguments: argparse.Namespace) -> dict[str, Any]:
         async with fresh_database("sqlite", arguments.dsn, "raw") as where:
             raw = await raw_sqlite(where["path"], rows, batch)
         result["synchronous"] = sqlite_store_default("synchronous")
+        result["cache_mib"] = sqlite_store_default("cache_mib")
+        result["checkpoint_pages"] = sqlite_store_default("checkpoint_pages")
         result["sqlite_writer"] = arguments.sqlite_writer
     else:
         async with fresh_database("postgres", arguments.dsn, "raw") as where:

@@ -64,6 +64,7 @@ async def test_the_writer_runs_in_another_process_and_reads_stay_here(store: Sql
     assert await store._read("pid", calls.process_id) == os.getpid()
     # The writer is configured as a thread writer is: WAL, synchronous=FULL, writable.
     assert await store._write("pragmas", calls.pragmas) == ("wal", 2, 0)
+    assert await store._write("pragmas", calls.cache_and_checkpoint) == (-64 * 1024, 10_000)
 
 
 async def test_writes_made_in_the_process_are_read_here(store: SqliteStore) -> None:

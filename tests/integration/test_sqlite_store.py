@@ -26,6 +26,7 @@ from mainspring.persistence.store import (
     Snapshot,
     Timer,
 )
+from tests.support import sqlite_writer_calls as calls
 
 TTL_MS = 10_000
 NOW_MS = 1_700_000_000_000
@@ -165,6 +166,32 @@ async def test_wal_mode_and_the_synchronous_setting_are_in_effect(
     assert await writer.run(pragmas) == ("wal", expected_level, 0)
     assert (await reader.run(pragmas))[::2] == ("wal", 1)
     await store.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [({}, (-64 * 1024, 10_000)), ({"cache_mib": 8, "checkpoint_pages": 123}, (-8 * 1024, 123))],
+)
+async def test_the_writers_page_cache_and_checkpoint_interval_are_in_effect(
+    tmp_path: Path, options: dict[str, int], expected: tuple[int, int]
+) -> None:
+    factory = RecordingFactory(AiosqliteRunner)
+    store = SqliteStore(tmp_path / "store.db", runner_factory=factory, **options)
+    await store.open()
+    writer, reader = factory.runners
+    assert await writer.run(calls.cache_and_checkpoint) == expected
+    # The reader keeps SQLite's defaults: it never checkpoints a WAL it cannot write to.
+    assert await reader.run(calls.cache_and_checkpoint) == (-2000, 1000)
+    await store.close()
+
+
+@pytest.mark.parametrize("name", ["cache_mib", "checkpoint_pages"])
+@pytest.mark.parametrize("value", [0, -1, True, 1.5, "64"])
+def test_a_cache_or_checkpoint_setting_that_is_not_a_positive_int_is_refused(
+    name: str, value: object
+) -> None:
+    with pytest.raises(UsageError, match=rf"{name} must be an int >= 1, got {value!r}"):
+        SqliteStore("x.db", **{name: value})  # type: ignore[arg-type]
 
 
 def test_an_unknown_synchronous_setting_is_refused() -> None:

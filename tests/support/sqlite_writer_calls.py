@@ -21,6 +21,14 @@ def pragmas(conn: sqlite3.Connection) -> tuple[str, int, int]:
     return mode, level, query_only
 
 
+def cache_and_checkpoint(conn: sqlite3.Connection) -> tuple[int, int]:
+    """The connection's page cache bound (KiB, negative as SQLite reports it) and its
+    ``wal_autocheckpoint`` (pages)."""
+    [(cache,)] = conn.execute("PRAGMA cache_size").fetchall()
+    [(pages,)] = conn.execute("PRAGMA wal_autocheckpoint").fetchall()
+    return cache, pages
+
+
 def break_a_key(conn: sqlite3.Connection) -> None:
     """Insert one migration row twice, which the primary key refuses."""
     conn.execute("INSERT INTO schema_migrations (version, applied_at_ms) VALUES (-1, 0)")

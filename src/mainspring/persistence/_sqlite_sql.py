@@ -80,6 +80,19 @@ prepared once per connection and reused."""
 SQLITE_VERSION_MIN: Final = (3, 37, 0)
 """STRICT tables need 3.37 (RETURNING and UPSERT need less); pruning needs the JSON functions."""
 
+CACHE_MIB_DEFAULT: Final = 64
+"""The writer's page cache, in MiB (SQLite's own default is 2). A group commit touches one
+leaf page of each table and index per stream it writes to; with a cache that holds them, the
+next commit finds them there instead of reading them back."""
+
+CHECKPOINT_PAGES_DEFAULT: Final = 10_000
+"""The writer's ``wal_autocheckpoint``, in pages (SQLite's own default is 1,000). A checkpoint
+writes each page the WAL holds once, however many commits changed it: group commits over the
+same streams change the same pages again and again, so checkpointing every few commits
+instead of after every one writes and syncs a fraction of the pages. The WAL file grows to
+about this many pages (~40 MiB with 4 KiB pages) and is reused from its start after each
+checkpoint."""
+
 WAL_SWITCH_PAUSE_MS: Final = 5
 """The pause between attempts to switch a new file to WAL while another connection does it."""
 
@@ -235,15 +248,26 @@ def connect(path: str) -> sqlite3.Connection:
     return sqlite3.connect(path, isolation_level=None, cached_statements=CACHED_STATEMENTS)
 
 
-def configure_writer(conn: sqlite3.Connection, synchronous: str, busy_timeout_ms: int) -> str:
+def configure_writer(
+    conn: sqlite3.Connection,
+    synchronous: str,
+    busy_timeout_ms: int,
+    cache_mib: int = CACHE_MIB_DEFAULT,
+    checkpoint_pages: int = CHECKPOINT_PAGES_DEFAULT,
+) -> str:
     """Check the library and set the writer's PRAGMAs; returns the journal mode in effect
     (``wal``, or ``memory``).
+
+    ``cache_mib`` bounds the connection's page cache; ``checkpoint_pages`` is the WAL size, in
+    pages, past which a commit copies the WAL back into the database (``wal_autocheckpoint``).
 
     Raises:
         UnsupportedSqlite: the SQLite library is too old or lacks the JSON functions.
     """
     assert synchronous in SYNCHRONOUS_MODES, synchronous
     assert busy_timeout_ms >= 0, busy_timeout_ms
+    assert cache_mib >= 1, cache_mib
+    assert checkpoint_pages >= 1, checkpoint_pages
     _require_features(conn)
     conn.isolation_level = None
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -251,6 +275,10 @@ def configure_writer(conn: sqlite3.Connection, synchronous: str, busy_timeout_ms
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     [(level,)] = conn.execute("PRAGMA synchronous").fetchall()
     assert level == {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}[synchronous], level
+    # A negative cache_size is in KiB.
+    conn.execute(f"PRAGMA cache_size = {-1024 * int(cache_mib)}")
+    [(pages,)] = conn.execute(f"PRAGMA wal_autocheckpoint = {int(checkpoint_pages)}").fetchall()
+    assert pages == checkpoint_pages, pages
     return journal_mode
 
 

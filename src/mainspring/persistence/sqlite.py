@@ -196,9 +196,16 @@ class SqliteStore:
             let go of the GIL: for write-heavy nodes with a core to spare (see docs/node.md).
             The child starts at ``open`` and exits at ``close`` or when this process dies.
             POSIX only, and not with ``":memory:"``.
+        cache_mib: The writer connection's page cache, in MiB (default 64; SQLite's own
+            default is 2). Memory is taken as pages are read, up to this bound.
+        checkpoint_pages: The WAL size, in pages, past which a commit checkpoints it into the
+            database file (SQLite's ``wal_autocheckpoint``; default 10,000, about 40 MiB of
+            WAL, against SQLite's own 1,000). Higher means fewer, larger checkpoints: each
+            page is written back once per checkpoint however many commits changed it.
 
     Raises:
-        UsageError: ``synchronous``, ``busy_timeout_ms`` or ``writer`` is invalid.
+        UsageError: ``synchronous``, ``busy_timeout_ms``, ``writer``, ``cache_mib`` or
+            ``checkpoint_pages`` is invalid.
     """
 
     def __init__(
@@ -210,6 +217,8 @@ class SqliteStore:
         runner_factory: RunnerFactory | None = None,
         clock: Clock | None = None,
         writer: str = "thread",
+        cache_mib: int = sql.CACHE_MIB_DEFAULT,
+        checkpoint_pages: int = sql.CHECKPOINT_PAGES_DEFAULT,
     ) -> None:
         if synchronous.upper() not in sql.SYNCHRONOUS_MODES:
             raise UsageError(
@@ -217,6 +226,9 @@ class SqliteStore:
             )
         if busy_timeout_ms < 0:
             raise UsageError(f"busy_timeout_ms must be >= 0, got {busy_timeout_ms}")
+        for name, value in (("cache_mib", cache_mib), ("checkpoint_pages", checkpoint_pages)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"{name} must be an int >= 1, got {value!r}")
         if writer not in WRITERS:
             raise UsageError(f"writer must be one of {list(WRITERS)}, got {writer!r}")
         if writer == "process" and os.fspath(path) == _MEMORY_PATH:
@@ -232,6 +244,8 @@ class SqliteStore:
         self._path = os.fspath(path)
         self._synchronous = synchronous.upper()
         self._busy_timeout_ms = busy_timeout_ms
+        self._cache_mib = cache_mib
+        self._checkpoint_pages = checkpoint_pages
         self._runner_factory: RunnerFactory = runner_factory or AiosqliteRunner.open
         self._clock: Clock = clock or SystemClock()
         self._connections: _Connections | None = None
@@ -317,6 +331,8 @@ class SqliteStore:
                 sql.configure_writer,
                 synchronous,
                 busy_timeout_ms,
+                self._cache_mib,
+                self._checkpoint_pages,
             )
         except sql.UnsupportedSqlite as error:
             raise StoreUnavailable(
