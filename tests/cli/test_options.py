@@ -9,6 +9,7 @@ import pytest
 from mainspring import UsageError
 from mainspring.cli._store import parse_store_url
 from mainspring.cli.node import default_node_id, parse_listen, read_tokens
+from tests.support import sqlite_writer_calls as calls
 
 
 def test_sqlite_urls_name_relative_and_absolute_files() -> None:
@@ -28,6 +29,29 @@ def test_a_sqlite_url_may_put_the_writer_in_a_process_of_its_own() -> None:
     assert parsed.describe() == "sqlite:///data/node.db?writer=process"
     assert parsed.open_store().writer == "process"  # type: ignore[attr-defined]
     assert parse_store_url("sqlite:///x.db?writer=thread").open_store().writer == "thread"  # type: ignore[attr-defined]
+
+
+def test_a_sqlite_url_may_size_the_writers_cache_and_checkpoints() -> None:
+    """Goal: 'cache_mib' and 'checkpoint_pages' reach the writer's PRAGMAs. Method: parse,
+    build the store, open it and read the PRAGMAs back through its writer."""
+    parsed = parse_store_url("sqlite:///x.db?checkpoint_pages=500&writer=process&cache_mib=8")
+    assert (parsed.writer, parsed.cache_mib, parsed.checkpoint_pages) == ("process", 8, 500)
+    assert parsed.describe() == "sqlite:///x.db?writer=process&cache_mib=8&checkpoint_pages=500"
+    store = parse_store_url("sqlite:///x.db?cache_mib=8").open_store()
+    assert (store._cache_mib, store._checkpoint_pages) == (8, 10_000)  # type: ignore[attr-defined]
+    assert parse_store_url("sqlite:///x.db").describe() == "sqlite:///x.db"
+
+
+async def test_the_url_sizes_are_in_effect_in_the_opened_store(tmp_path: Path) -> None:
+    """Goal: the sizes are not only parsed but applied. Method: open the store and read the
+    PRAGMAs on its writer connection."""
+    url = f"sqlite:///{tmp_path}/node.db?cache_mib=8&checkpoint_pages=500"
+    store = parse_store_url(url).open_store()
+    await store.open()
+    try:
+        assert await store._write("pragmas", calls.cache_and_checkpoint) == (-8 * 1024, 500)  # type: ignore[attr-defined]
+    finally:
+        await store.close()
 
 
 def test_postgres_urls_take_the_schema_out_of_the_dsn() -> None:
@@ -57,6 +81,11 @@ def test_postgres_urls_take_the_schema_out_of_the_dsn() -> None:
         ("sqlite:///x.db?mode=ro", "unknown parameter(s) ['mode']"),
         ("sqlite:///x.db?writer=fork", "writer='fork'; use writer=thread"),
         ("sqlite:///x.db?writer=process&writer=thread", "'writer' more than once"),
+        ("sqlite:///x.db?cache_mib=0", "cache_mib='0'; give a whole number >= 1"),
+        ("sqlite:///x.db?cache_mib=-4", "cache_mib='-4'"),
+        ("sqlite:///x.db?checkpoint_pages=1e4", "checkpoint_pages='1e4'; give a whole number"),
+        ("sqlite:///x.db?checkpoint_pages=", "checkpoint_pages=''"),
+        ("sqlite:///x.db?cache_mib=8&cache_mib=9", "'cache_mib' more than once"),
         ("sqlite:///x.db#top", "takes no fragment"),
         ("postgresql://db:notaport/x", "is malformed"),
         ("postgresql://db/x?schema=a&schema=b", "more than once"),

@@ -1,5 +1,5 @@
-"""Store URLs of the command line: ``sqlite:///PATH[?writer=process]`` and
-``postgresql://...[?schema=NAME]``."""
+"""Store URLs of the command line: ``sqlite:///PATH[?writer=process&cache_mib=N&checkpoint_pages=N]``
+and ``postgresql://...[?schema=NAME]``."""
 
 from __future__ import annotations
 
@@ -18,21 +18,23 @@ DEFAULT_STORE_URL: Final = "sqlite:///./mainspring.db"
 _POSTGRES_SCHEMES: Final = ("postgresql", "postgres")
 _HELP: Final = (
     "use sqlite:///RELATIVE/PATH, sqlite:////ABSOLUTE/PATH (either may end in "
-    "?writer=process) or "
+    "?writer=process, cache_mib=N, checkpoint_pages=N, joined by &) or "
     "postgresql://USER@HOST:PORT/DATABASE[?schema=NAME]"
 )
 
 
 @attrs.frozen
 class StoreUrl:
-    """A parsed store URL: ``kind`` is ``"sqlite"`` (``path``, ``writer``) or ``"postgres"``
-    (``dsn``, ``schema``)."""
+    """A parsed store URL: ``kind`` is ``"sqlite"`` (``path``, ``writer``, and ``cache_mib`` and
+    ``checkpoint_pages`` when given) or ``"postgres"`` (``dsn``, ``schema``)."""
 
     kind: str
     path: Path | None = None
     dsn: str | None = None
     schema: str = "public"
     writer: str = "thread"
+    cache_mib: int | None = None
+    checkpoint_pages: int | None = None
 
     def open_store(self) -> Store:
         """A new, unopened store for this URL."""
@@ -40,7 +42,18 @@ class StoreUrl:
             from mainspring.persistence.sqlite import SqliteStore
 
             assert self.path is not None
-            return SqliteStore(self.path, writer=self.writer)
+            from mainspring.persistence import _sqlite_sql as sql
+
+            return SqliteStore(
+                self.path,
+                writer=self.writer,
+                cache_mib=sql.CACHE_MIB_DEFAULT if self.cache_mib is None else self.cache_mib,
+                checkpoint_pages=(
+                    sql.CHECKPOINT_PAGES_DEFAULT
+                    if self.checkpoint_pages is None
+                    else self.checkpoint_pages
+                ),
+            )
         assert self.kind == "postgres"
         assert self.dsn is not None
         from mainspring.persistence.postgres import PostgresStore
@@ -50,7 +63,16 @@ class StoreUrl:
     def describe(self) -> str:
         """The URL without a password, for logs."""
         if self.kind == "sqlite":
-            query = "" if self.writer == "thread" else f"?writer={self.writer}"
+            given = [("writer", self.writer)] if self.writer != "thread" else []
+            given += [
+                (name, str(value))
+                for name, value in (
+                    ("cache_mib", self.cache_mib),
+                    ("checkpoint_pages", self.checkpoint_pages),
+                )
+                if value is not None
+            ]
+            query = f"?{urlencode(given)}" if given else ""
             return f"sqlite:///{self.path}{query}"
         assert self.dsn is not None
         parts = urlsplit(self.dsn)
@@ -88,7 +110,7 @@ def _sqlite(url: str, rest: str) -> StoreUrl:
     rest, _, query_text = rest.partition("?")
     if "#" in rest or "#" in query_text:
         raise UsageError(f"SQLite store URL {url!r} takes no fragment; {_HELP}")
-    writer = _sqlite_writer(url, query_text)
+    writer, sizes = _sqlite_options(url, query_text)
     path_text = rest[1:]
     if not path_text or path_text.endswith("/"):
         raise UsageError(f"SQLite store URL {url!r} names no file; {_HELP}")
@@ -97,30 +119,50 @@ def _sqlite(url: str, rest: str) -> StoreUrl:
             f"store URL {url!r} names an in-memory database, which a node process would lose "
             "on exit; name a file"
         )
-    return StoreUrl("sqlite", path=Path(path_text), writer=writer)
+    return StoreUrl(
+        "sqlite",
+        path=Path(path_text),
+        writer=writer,
+        cache_mib=sizes.get("cache_mib"),
+        checkpoint_pages=sizes.get("checkpoint_pages"),
+    )
 
 
-def _sqlite_writer(url: str, query_text: str) -> str:
-    """The ``writer`` of a SQLite URL's query, the only parameter it takes."""
+_SQLITE_PARAMETERS: Final = ("writer", "cache_mib", "checkpoint_pages")
+
+
+def _sqlite_options(url: str, query_text: str) -> tuple[str, dict[str, int]]:
+    """The ``writer`` of a SQLite URL's query, and its ``cache_mib`` and ``checkpoint_pages``
+    (see ``SqliteStore``) where given."""
     from mainspring.persistence.sqlite import WRITERS
 
     query = parse_qsl(query_text, keep_blank_values=True)
-    unknown = sorted({name for name, _ in query if name != "writer"})
+    unknown = sorted({name for name, _ in query if name not in _SQLITE_PARAMETERS})
     if unknown:
         raise UsageError(
-            f"SQLite store URL {url!r} has unknown parameter(s) {unknown}; it takes only "
-            f"'writer' ({' or '.join(WRITERS)})"
+            f"SQLite store URL {url!r} has unknown parameter(s) {unknown}; it takes "
+            f"'writer' ({' or '.join(WRITERS)}), 'cache_mib' and 'checkpoint_pages'"
         )
-    writers = [value for _, value in query]
-    if len(writers) > 1:
-        raise UsageError(f"SQLite store URL {url!r} gives 'writer' more than once")
-    writer = writers[0] if writers else "thread"
+    values: dict[str, str] = {}
+    for name, value in query:
+        if name in values:
+            raise UsageError(f"SQLite store URL {url!r} gives {name!r} more than once")
+        values[name] = value
+    writer = values.pop("writer", "thread")
     if writer not in WRITERS:
         raise UsageError(
             f"SQLite store URL {url!r} has writer={writer!r}; use writer=thread (the default) "
             "or writer=process (the writer connection in a process of its own)"
         )
-    return writer
+    sizes: dict[str, int] = {}
+    for name, value in values.items():
+        if not value.isascii() or not value.isdigit() or int(value) < 1:
+            raise UsageError(
+                f"SQLite store URL {url!r} has {name}={value!r}; give a whole number >= 1 "
+                f"(for example {name}={64 if name == 'cache_mib' else 10000})"
+            )
+        sizes[name] = int(value)
+    return writer, sizes
 
 
 def _postgres(url: str) -> StoreUrl:
