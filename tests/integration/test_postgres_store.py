@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 
 from mainspring.errors import ConcurrencyConflict, Fenced, StoreUnavailable, UsageError
+from mainspring.persistence import postgres
 from mainspring.persistence.memory import MemoryStore
 from mainspring.persistence.postgres import PostgresStore, _text_array
 from mainspring.persistence.store import (
@@ -130,6 +131,62 @@ async def test_reopening_applies_nothing(
     await second.open()
     after = await admin.fetch("SELECT version, applied_at_ms FROM schema_migrations")
     assert [tuple(row) for row in after] == [tuple(row) for row in before]
+
+
+@pytest.mark.postgres
+async def test_migration_3_keeps_each_streams_dedupe_records_in_arrival_order(
+    make_store: StoreMaker,
+    admin: asyncpg.Connection[asyncpg.Record],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Method: write dedupe rows into a version 2 schema (seqs out of insertion order, two
+    streams), open it with this code, read the records, then append under a window."""
+    with monkeypatch.context() as patched:
+        patched.setattr(postgres, "_MIGRATIONS", postgres._MIGRATIONS[:2])
+        patched.setattr(postgres, "SCHEMA_VERSION", 2)
+        old = make_store()
+        await old.open()
+        await old.close()
+    await admin.execute(
+        """INSERT INTO streams (stream_id, actor_type, actor_id, epoch, head, owner,
+            lease_expires_ms, dedupe_count)
+        VALUES ('acct/a', 'acct', 'a', 1, 3, 'node-1', $1, 4),
+            ('acct/b', 'acct', 'b', 1, 1, 'node-1', $1, 1)""",
+        NOW_MS + TTL_MS,
+    )
+    await admin.executemany(
+        "INSERT INTO dedupe (stream_id, message_id, seq, reply) VALUES ($1, $2, $3, $4)",
+        [
+            ("acct/a", "m1", 2, b"1"),
+            ("acct/b", "b0", 1, b"b"),
+            ("acct/a", "m0", 1, b"0"),
+            ("acct/a", "m2", 2, b"2"),
+            ("acct/a", "m3", 3, b"3"),
+        ],
+    )
+
+    store = make_store()
+    await store.open()
+    versions = await admin.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    assert [row["version"] for row in versions] == [1, 2, 3]
+    kept = await store.read_dedupe("acct/a", 10)
+    assert [(r.message_id, r.seq, r.reply) for r in kept] == [
+        ("m0", 1, b"0"),
+        ("m1", 2, b"1"),
+        ("m2", 2, b"2"),
+        ("m3", 3, b"3"),
+    ]
+    assert [r.message_id for r in await store.read_dedupe("acct/b", 10)] == ["b0"]
+    append = request("acct/a", 1, 3, 1, dedupe=[DedupeRecord("m4", 4, b"4")], dedupe_window=3)
+    assert await store.append_batch([append]) == [None]
+    assert [r.message_id for r in await store.read_dedupe("acct/a", 10)] == ["m2", "m3", "m4"]
+    rows = await admin.fetch(
+        """SELECT s.stream_id, s.dedupe_next,
+            array(SELECT d.ordinal FROM dedupe d WHERE d.stream_id = s.stream_id
+                ORDER BY d.ordinal) AS ordinals
+        FROM streams s ORDER BY 1"""
+    )
+    assert [tuple(row) for row in rows] == [("acct/a", 5, [2, 3, 4]), ("acct/b", 1, [0])]
 
 
 @pytest.mark.postgres
@@ -250,37 +307,49 @@ async def test_an_append_waiting_behind_a_takeover_is_fenced(
 
 
 @pytest.mark.postgres
-async def test_dedupe_count_tracks_the_rows_through_windows_and_rewrites(
+async def test_dedupe_records_stay_one_range_of_ordinals_through_windows(
     make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
 ) -> None:
-    """The stream row counts its dedupe records so pruning never counts the window; the count
-    must equal the rows whatever the window does and when a message id is recorded again, and
-    the records kept must be those the reference store keeps."""
+    """Each stream's records hold the ordinals from some first one up to dedupe_next - 1,
+    whatever the window does, when a forgotten message id comes again, and when a request's
+    records are not in seq order; the records kept are those the reference store keeps."""
     store, reference = make_store(), MemoryStore()
     await store.open()
     await reference.open()
     lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
     await reference.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    # (window, [(message id, offset from the head the request saw)])
     plan = [
-        (0, ["m1", "m2"]),
-        (0, ["m3"]),
-        (2, ["m4", "m2"]),
-        (5, ["m5", "m6", "m7"]),
+        (0, [("m1", 1), ("m2", 1)]),
+        (0, [("m3", 1)]),
+        (2, [("m4", 1), ("m5", 1)]),
+        (5, [("m6", 1), ("m7", 1), ("m8", 1)]),
         (1, []),
-        (3, ["m5", "m8"]),
-        (0, ["m8", "m9", "m8"]),
+        (3, [("m1", 1), ("m9", 1)]),  # m1 was forgotten: it comes again as the newest
+        (0, [("m10", 1), ("m11", 0), ("m2", 1)]),  # m11 (no events) sorts first
     ]
-    for head, (window, message_ids) in enumerate(plan):
+    for head, (window, records_planned) in enumerate(plan):
         records = [
-            DedupeRecord(message_id, head + 1, b"%d" % number)
-            for number, message_id in enumerate(message_ids)
+            DedupeRecord(message_id, head + offset, b"%d" % number)
+            for number, (message_id, offset) in enumerate(records_planned)
         ]
         append = request("acct/a", lease.epoch, head, 1, dedupe=records, dedupe_window=window)
         assert await store.append_batch([append]) == [None]
         await reference.append_batch([append])
-        counted = await admin.fetchval("SELECT dedupe_count FROM streams")
-        assert counted == await admin.fetchval("SELECT count(*) FROM dedupe")
-        assert await store.read_dedupe("acct/a", 10) == await reference.read_dedupe("acct/a", 10)
+        row = await admin.fetchrow(
+            """SELECT s.dedupe_next, count(d.ordinal) AS kept, min(d.ordinal) AS first,
+                max(d.ordinal) AS last
+            FROM streams s LEFT JOIN dedupe d ON d.stream_id = s.stream_id
+            GROUP BY s.dedupe_next"""
+        )
+        assert row is not None
+        assert (row["first"], row["last"]) == (
+            row["dedupe_next"] - row["kept"],
+            row["dedupe_next"] - 1,
+        )
+        assert await store.read_dedupe("acct/a", 20) == await reference.read_dedupe("acct/a", 20)
+    kept = await store.read_dedupe("acct/a", 20)
+    assert [record.message_id for record in kept] == ["m8", "m1", "m9", "m11", "m10", "m2"]
 
 
 # Failures and their translation

@@ -84,6 +84,70 @@ async def test_migrations_are_recorded_once_and_reopening_is_a_no_op(tmp_path: P
     assert migrations_of(path) == [(version, NOW_MS) for version in range(1, SCHEMA_VERSION + 1)]
 
 
+async def test_migration_3_keeps_each_streams_dedupe_records_in_arrival_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Method: write dedupe rows into a version 2 schema (seqs out of insertion order, two
+    streams), open it with this code, read the records, then append under a window."""
+    path = tmp_path / "store.db"
+    with monkeypatch.context() as patched:
+        patched.setattr(sql, "MIGRATIONS", sql.MIGRATIONS[:2])
+        patched.setattr(sql, "SCHEMA_VERSION", 2)
+        conn = sqlite3.connect(path, isolation_level=None)
+        assert sql.migrate_tx(conn, NOW_MS) == [1, 2]
+    conn.executemany(
+        "INSERT INTO streams (stream_id, epoch, head, owner, lease_expires_ms)"
+        " VALUES (?, 1, ?, ?, ?)",
+        [("acct/a", 3, "node-1", NOW_MS + TTL_MS), ("acct/b", 1, "node-1", NOW_MS + TTL_MS)],
+    )
+    conn.executemany(
+        "INSERT INTO dedupe (stream_id, message_id, seq, reply) VALUES (?, ?, ?, ?)",
+        [
+            ("acct/a", "m1", 2, b"1"),
+            ("acct/b", "b0", 1, b"b"),
+            ("acct/a", "m0", 1, b"0"),
+            ("acct/a", "m2", 2, b"2"),
+            ("acct/a", "m3", 3, b"3"),
+        ],
+    )
+    conn.close()
+
+    store = SqliteStore(path, clock=FixedClock(NOW_MS))
+    await store.open()
+    assert migrations_of(path)[-1] == (3, NOW_MS)
+    kept = await store.read_dedupe("acct/a", 10)
+    assert [(r.message_id, r.seq, r.reply) for r in kept] == [
+        ("m0", 1, b"0"),
+        ("m1", 2, b"1"),
+        ("m2", 2, b"2"),
+        ("m3", 3, b"3"),
+    ]
+    assert [r.message_id for r in await store.read_dedupe("acct/b", 10)] == ["b0"]
+    append = AppendRequest(
+        "acct/a",
+        1,
+        3,
+        [NewEvent("t", 1, b"{}")],
+        NOW_MS,
+        dedupe=[DedupeRecord("m4", 4, b"4")],
+        dedupe_window=3,
+    )
+    assert await store.append_batch([append]) == [None]
+    assert [r.message_id for r in await store.read_dedupe("acct/a", 10)] == ["m2", "m3", "m4"]
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(
+            "SELECT stream_id, dedupe_next, (SELECT group_concat(ordinal) FROM dedupe "
+            "WHERE dedupe.stream_id = streams.stream_id) FROM streams ORDER BY 1"
+        ).fetchall()
+        leftovers = conn.execute(
+            "SELECT name FROM sqlite_schema WHERE name IN "
+            "('dedupe_by_seq', 'dedupe_counted', 'dedupe_uncounted', 'dedupe_by_arrival')"
+        ).fetchall()
+    assert rows == [("acct/a", 5, "2,3,4"), ("acct/b", 1, "0")]
+    assert leftovers == []
+
+
 async def test_stores_opening_one_new_file_at_once_migrate_it_once(tmp_path: Path) -> None:
     """Method: six stores open each of ten new files at once; all of them must succeed (the WAL
     switch refuses the losers without waiting) and the schema must be applied once."""
@@ -341,14 +405,15 @@ async def test_a_value_of_the_wrong_type_is_a_usage_error(tmp_path: Path) -> Non
 # Dedupe records
 
 
-async def test_recording_a_message_id_again_replaces_it_and_keeps_the_window(
+async def test_a_message_id_the_window_forgot_is_recorded_again_as_the_newest(
     tmp_path: Path,
 ) -> None:
-    """Method: record m0, m1, m2, m0 again, then m3 under a window of 3; count the rows."""
+    """Method: record m0..m4 under a window of 3, then m0 again (forgotten by then); read the
+    records and the rows: one range of ordinals per stream, ending at dedupe_next."""
     store = SqliteStore(tmp_path / "store.db", runner_factory=InlineRunner.open)
     await store.open()
     lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
-    for seq, message_id in enumerate(["m0", "m1", "m2", "m0", "m3"]):
+    for seq, message_id in enumerate(["m0", "m1", "m2", "m3", "m4", "m0"]):
         record = DedupeRecord(message_id, seq + 1, b"%d" % seq)
         request = AppendRequest(
             "acct/a",
@@ -362,15 +427,14 @@ async def test_recording_a_message_id_again_replaces_it_and_keeps_the_window(
         assert await store.append_batch([request]) == [None]
     kept = await store.read_dedupe("acct/a", 10)
     assert [(r.message_id, r.seq, r.reply) for r in kept] == [
-        ("m2", 3, b"2"),
-        ("m0", 4, b"3"),
-        ("m3", 5, b"4"),
+        ("m3", 4, b"3"),
+        ("m4", 5, b"4"),
+        ("m0", 6, b"5"),
     ]
     with sqlite3.connect(tmp_path / "store.db") as conn:
-        [(rows, counted)] = conn.execute(
-            "SELECT (SELECT count(*) FROM dedupe), dedupe_count FROM streams"
-        ).fetchall()
-    assert (rows, counted) == (3, 3)
+        ordinals = [row[0] for row in conn.execute("SELECT ordinal FROM dedupe ORDER BY 1")]
+        [(next_ordinal,)] = conn.execute("SELECT dedupe_next FROM streams").fetchall()
+    assert (ordinals, next_ordinal) == ([3, 4, 5], 6)
     await store.close()
 
 
@@ -412,7 +476,11 @@ appends = st.fixed_dictionaries(
         "epoch_delta": st.sampled_from((0, 0, 0, -1, 1)),
         "seq_delta": st.sampled_from((0, 0, 0, -1, 1)),
         "events": st.integers(0, 3),
-        "dedupe": st.lists(st.tuples(st.sampled_from(MESSAGE_IDS), st.integers(0, 3)), max_size=3),
+        "dedupe": st.lists(
+            st.tuples(st.sampled_from(MESSAGE_IDS), st.integers(0, 3)),
+            max_size=3,
+            unique_by=lambda record: record[0],
+        ),
         "window": st.integers(0, 4),
         "outbox": st.lists(st.sampled_from(MESSAGE_IDS), max_size=2),
         "timers_set": st.lists(
@@ -455,9 +523,8 @@ async def build_request(reference: MemoryStore, spec: dict[str, Any], now_ms: in
     epoch = max(1, (head.epoch if head else 1) + spec["epoch_delta"])
     expected = max(0, (head.head_seq if head else 0) + spec["seq_delta"])
     count = spec["events"]
-    # A caller never records again a message id its window still holds (the window exists to
-    # catch that duplicate); after such a re-record the two stores may order equal-seq records
-    # differently, an order the protocol leaves open.
+    # A caller never records again a message id the stream still holds (the window exists to
+    # catch that duplicate); an id the window forgot may come again.
     held = {record.message_id for record in await reference.read_dedupe(stream_id, 100)}
     # Offset 0 is a message that only sent or scheduled, recorded at the head it saw.
     dedupe = [
@@ -559,22 +626,25 @@ async def run_both(script: list[tuple[Any, ...]]) -> None:
         actual = await apply(sqlite, operation, inputs, now_ms)
         assert expected == actual, operation
     assert await state(reference) == await state(sqlite)
+    # Each stream's records hold one range of ordinals that ends right before dedupe_next.
     [connection] = factory.runners
-    counts = await connection.run(
+    ranges = await connection.run(
         lambda conn: conn.execute(
-            """SELECT stream_id, dedupe_count,
-                (SELECT count(*) FROM dedupe WHERE dedupe.stream_id = streams.stream_id)
-            FROM streams"""
+            """SELECT streams.stream_id, dedupe_next, count(ordinal), min(ordinal), max(ordinal)
+            FROM streams LEFT JOIN dedupe ON dedupe.stream_id = streams.stream_id
+            GROUP BY streams.stream_id"""
         ).fetchall()
     )
-    assert all(kept == counted for _, kept, counted in counts), counts
+    for stream_id, next_ordinal, count, first, last in ranges:
+        if count:
+            assert (first, last) == (next_ordinal - count, next_ordinal - 1), stream_id
     await sqlite.close()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(script=st.lists(operations, min_size=10, max_size=40))
 def test_sqlite_behaves_like_the_reference_store(script: list[tuple[Any, ...]]) -> None:
-    """Method: replay random operations (stale epochs, wrong heads, a message id twice in one
-    request, shrinking windows, re-set timers) on both stores; compare every result and the end
-    state, and check the dedupe counts the triggers keep."""
+    """Method: replay random operations (stale epochs, wrong heads, forgotten message ids
+    recorded again, shrinking windows, re-set timers) on both stores; compare every result and
+    the end state, and check that each stream's dedupe ordinals form one range."""
     asyncio.run(run_both(script))

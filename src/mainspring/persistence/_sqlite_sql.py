@@ -114,7 +114,8 @@ class Migration:
 
 _SCHEMA_V1: Final = (
     # dedupe_count mirrors the number of dedupe rows of the stream (kept by the triggers below),
-    # so pruning to a window costs one key lookup instead of a scan of the window.
+    # so pruning to a window costs one key lookup instead of a scan of the window. (Version 3
+    # replaces all three with one range per stream in arrival order.)
     """CREATE TABLE streams (
         stream_id TEXT PRIMARY KEY,
         epoch INTEGER NOT NULL CHECK (epoch >= 1),
@@ -210,9 +211,38 @@ _SCHEMA_V2: Final = (
     ) STRICT, WITHOUT ROWID""",
 )
 
+_SCHEMA_V3: Final = (
+    # A stream's dedupe records become one key range in arrival order, so recording one writes
+    # one B-tree (it wrote three: the rows, the message-id index and the age index, plus a
+    # counting trigger per row). Arrival order is (seq, order of writing): a request's records
+    # have seqs from the head it saw on, every stored one up to that head. Their ordinals
+    # count the stream's records from 0; streams.dedupe_next is the next one, moved with the
+    # head in the same update, and the window keeps the ordinals from dedupe_next - window.
+    "DROP TRIGGER dedupe_counted",
+    "DROP TRIGGER dedupe_uncounted",
+    "ALTER TABLE streams RENAME COLUMN dedupe_count TO dedupe_next",
+    """CREATE TABLE dedupe_by_arrival (
+        stream_id TEXT NOT NULL,
+        ordinal INTEGER NOT NULL CHECK (ordinal >= 0),
+        message_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        reply BLOB NOT NULL,
+        PRIMARY KEY (stream_id, ordinal)
+    ) STRICT, WITHOUT ROWID""",
+    """INSERT INTO dedupe_by_arrival (stream_id, ordinal, message_id, seq, reply)
+    SELECT stream_id, row_number() OVER (PARTITION BY stream_id ORDER BY seq, position) - 1,
+        message_id, seq, reply
+    FROM dedupe""",
+    """UPDATE streams SET dedupe_next = (
+        SELECT count(*) FROM dedupe WHERE dedupe.stream_id = streams.stream_id)""",
+    "DROP TABLE dedupe",
+    "ALTER TABLE dedupe_by_arrival RENAME TO dedupe",
+)
+
 MIGRATIONS: Final = (
     Migration(1, "create the initial schema", _SCHEMA_V1),
     Migration(2, "add the cluster membership table", _SCHEMA_V2),
+    Migration(3, "keep each stream's dedupe records in one range, in arrival order", _SCHEMA_V3),
 )
 """Every schema version in order; ``migrate_tx`` applies the ones a database lacks."""
 
@@ -524,12 +554,16 @@ def _field(index: int, *, blob: bool = False) -> str:
     return f"json_extract(row.value, '$[{index}]')"
 
 
-_ADVANCE_HEAD: Final = "UPDATE streams SET head = ? WHERE stream_id = ? AND epoch = ? AND head = ?"
+# The head moves past the request's events, and dedupe_next past its dedupe records.
+_ADVANCE_HEAD: Final = """
+UPDATE streams SET head = ?1, dedupe_next = dedupe_next + ?5
+WHERE stream_id = ?2 AND epoch = ?3 AND head = ?4"""
 
 # Every head of the batch, or none: the uncorrelated subquery runs once, before any row changes,
 # and counts the rows whose epoch and head are as expected.
 _ADVANCE_HEADS: Final = f"""
-UPDATE streams SET head = {_field(0)} FROM json_each(?1) AS row
+UPDATE streams SET head = {_field(0)}, dedupe_next = dedupe_next + {_field(4)}
+FROM json_each(?1) AS row
 WHERE streams.stream_id = {_field(1)}
     AND (SELECT count(*) FROM json_each(?1) AS row JOIN streams
         ON streams.stream_id = {_field(1)} AND streams.epoch = {_field(2)}
@@ -548,31 +582,27 @@ SELECT {_field(0)}, {_field(1)}, {_field(2)}, {_field(3)}, {_field(4)}, {_field(
 FROM json_each(?1) AS row""",
 )
 
-# (An upsert that reads from a SELECT needs a WHERE clause: without one, SQLite would take the
-# ON of ON CONFLICT for a join constraint.)
-_UPSERT_DEDUPE: Final = _Rows(
+# A record's ordinal counts back from the stream's dedupe_next, which the head's update has
+# already moved past the request's records: ?2 is 1 for its last record, 2 for the one before.
+_INSERT_DEDUPE: Final = _Rows(
     each="""
-INSERT INTO dedupe (stream_id, message_id, seq, reply) VALUES (?, ?, ?, ?)
-ON CONFLICT (stream_id, message_id) DO UPDATE SET seq = excluded.seq, reply = excluded.reply""",
+INSERT INTO dedupe (stream_id, ordinal, message_id, seq, reply)
+VALUES (?1, (SELECT dedupe_next FROM streams WHERE stream_id = ?1) - ?2, ?3, ?4, ?5)""",
     all=f"""
-INSERT INTO dedupe (stream_id, message_id, seq, reply)
-SELECT {_field(0)}, {_field(1)}, {_field(2)}, {_field(3, blob=True)} FROM json_each(?1) AS row
-WHERE true
-ON CONFLICT (stream_id, message_id) DO UPDATE SET seq = excluded.seq, reply = excluded.reply""",
+INSERT INTO dedupe (stream_id, ordinal, message_id, seq, reply)
+SELECT {_field(0)}, (SELECT dedupe_next FROM streams WHERE stream_id = {_field(0)}) - {_field(1)},
+    {_field(2)}, {_field(3)}, {_field(4, blob=True)}
+FROM json_each(?1) AS row""",
 )
 
-# The streams of the batch that hold more dedupe records than their window: ? is a JSON array
-# of [stream_id, window] pairs.
+# The streams of the batch that have recorded more than their window, each with the first
+# ordinal its window keeps: ? is a JSON array of [stream_id, window] pairs.
 _OVER_WINDOW: Final = """
-SELECT streams.stream_id, json_extract(value, '$[1]') FROM json_each(?)
+SELECT streams.stream_id, streams.dedupe_next - json_extract(value, '$[1]') FROM json_each(?)
 JOIN streams ON streams.stream_id = json_extract(value, '$[0]')
-WHERE streams.dedupe_count > json_extract(value, '$[1]')"""
+WHERE streams.dedupe_next > json_extract(value, '$[1]')"""
 
-# Deletes the oldest records beyond the window; dedupe_count says how many there are.
-_PRUNE_DEDUPE: Final = """
-DELETE FROM dedupe WHERE position IN (
-    SELECT position FROM dedupe WHERE stream_id = ?1 ORDER BY seq, position
-    LIMIT (SELECT max(dedupe_count - ?2, 0) FROM streams WHERE stream_id = ?1))"""
+_PRUNE_DEDUPE: Final = "DELETE FROM dedupe WHERE stream_id = ? AND ordinal < ?"
 
 _INSERT_OUTBOX: Final = """
 INSERT INTO outbox (message_id, source_stream_id, target_type, target_id, type_name,
@@ -711,7 +741,13 @@ def _advance_heads(
 ) -> list[AppendResult]:
     """Move each stream's head from ``expected_seq`` to ``new_head_seq`` under its epoch."""
     rows = [
-        (request.new_head_seq, request.stream_id, request.epoch, request.expected_seq)
+        (
+            request.new_head_seq,
+            request.stream_id,
+            request.epoch,
+            request.expected_seq,
+            len(request.dedupe),
+        )
         for request in requests
     ]
     # Usually every request passes: move them all at once. The streams are distinct, so the
@@ -735,7 +771,7 @@ def _advance_heads(
 
 
 def _advance_head(
-    conn: sqlite3.Connection, request: AppendRequest, row: tuple[int, str, int, int]
+    conn: sqlite3.Connection, request: AppendRequest, row: tuple[int, str, int, int, int]
 ) -> AppendResult:
     if conn.execute(_ADVANCE_HEAD, row).rowcount == 1:
         return None
@@ -823,14 +859,17 @@ def _execute_many(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[objec
 
 def _write_dedupe(conn: sqlite3.Connection, accepted: Sequence[AppendRequest]) -> None:
     records = [
-        (request.stream_id, record.message_id, record.seq, record.reply)
+        (request.stream_id, back, record.message_id, record.seq, record.reply)
         for request in accepted
-        for record in request.dedupe
+        for back, record in zip(
+            range(len(request.dedupe), 0, -1), _in_arrival_order(request.dedupe), strict=True
+        )
     ]
-    _write_rows(conn, _UPSERT_DEDUPE, records)
+    inserted = _write_rows(conn, _INSERT_DEDUPE, records)
+    assert inserted == len(records), (inserted, len(records))
     # The reference store prunes whenever a window is given, even without new records. One
-    # statement finds the streams over their window (usually none), at a quarter of the cost of
-    # a prune statement per request; only those streams are pruned.
+    # statement finds the streams that have recorded more than their window (none until an
+    # actor has handled that many messages); only those streams are pruned.
     windows = [
         (request.stream_id, request.dedupe_window)
         for request in accepted
@@ -841,6 +880,13 @@ def _write_dedupe(conn: sqlite3.Connection, accepted: Sequence[AppendRequest]) -
     # A str, not bytes: SQLite 3.45+ reads a BLOB argument as binary JSONB.
     over = conn.execute(_OVER_WINDOW, (orjson.dumps(windows).decode(),)).fetchall()
     _execute_many(conn, _PRUNE_DEDUPE, over)
+
+
+def _in_arrival_order(records: Sequence[DedupeRecord]) -> Sequence[DedupeRecord]:
+    """A request's records by seq, equal seqs in request order (the stable sort keeps it)."""
+    if len(records) < 2:
+        return records
+    return sorted(records, key=lambda record: record.seq)
 
 
 def _write_outbox(conn: sqlite3.Connection, accepted: Sequence[AppendRequest]) -> None:
@@ -976,9 +1022,9 @@ def select_dedupe(conn: sqlite3.Connection, stream_id: str, limit: int) -> list[
     """See ``Store.read_dedupe``: the newest ``limit`` records, returned oldest first."""
     rows = conn.execute(
         """SELECT message_id, seq, reply FROM (
-            SELECT position, message_id, seq, reply FROM dedupe WHERE stream_id = ?
-            ORDER BY seq DESC, position DESC LIMIT ?)
-        ORDER BY seq, position""",
+            SELECT ordinal, message_id, seq, reply FROM dedupe WHERE stream_id = ?
+            ORDER BY ordinal DESC LIMIT ?)
+        ORDER BY ordinal""",
         (stream_id, max(limit, 0)),
     ).fetchall()
     return [DedupeRecord(*row) for row in rows]

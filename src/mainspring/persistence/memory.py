@@ -168,13 +168,26 @@ class MemoryStore:
                 )
             )
         assert len(stream.events) == request.new_head_seq
-        for record in request.dedupe:
+        # The dict stays ordered oldest first: the stream's records have seqs up to the head
+        # the request saw, its own ones from that head on, and they go in by seq (a stable sort
+        # keeps equal seqs in request order).
+        records = request.dedupe
+        if len(records) > 1:
+            records = sorted(records, key=lambda record: record.seq)
+        window = request.dedupe_window
+        for record in records:
+            # The caller answers a duplicate its window holds (every record, without a window);
+            # only an id the window forgot comes again, and only a window just made smaller
+            # leaves such an id behind for this check to miss.
+            assert 0 < window < len(stream.dedupe) or record.message_id not in stream.dedupe, (
+                request.stream_id,
+                record.message_id,
+            )
+            stream.dedupe.pop(record.message_id, None)
             stream.dedupe[record.message_id] = record
-        if request.dedupe_window > 0 and len(stream.dedupe) > request.dedupe_window:
-            # Keep insertion order (the tie order of equal seqs): filter, never re-sort the dict.
-            newest = sorted(stream.dedupe.values(), key=lambda record: record.seq)
-            keep = {record.message_id for record in newest[-request.dedupe_window :]}
-            stream.dedupe = {key: r for key, r in stream.dedupe.items() if key in keep}
+        if window > 0:
+            while len(stream.dedupe) > window:
+                del stream.dedupe[next(iter(stream.dedupe))]
         for message in request.outbox:
             self._outbox.setdefault(message.message_id, message)
         for name in request.timers_cancelled:
@@ -238,8 +251,7 @@ class MemoryStore:
         stream = self._streams.get(stream_id)
         if stream is None or limit <= 0:
             return []
-        records = sorted(stream.dedupe.values(), key=lambda record: record.seq)
-        return records[-limit:]
+        return list(stream.dedupe.values())[-limit:]
 
     async def read_lease_history(self, stream_id: str) -> list[LeaseRecord]:
         """See ``Store.read_lease_history``."""

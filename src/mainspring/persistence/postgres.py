@@ -66,7 +66,11 @@ __all__ = ["PostgresStore"]
 
 logger = logging.getLogger(__name__)
 
-_MIGRATIONS: Final = ((1, "0001_initial.sql"), (2, "0002_members.sql"))
+_MIGRATIONS: Final = (
+    (1, "0001_initial.sql"),
+    (2, "0002_members.sql"),
+    (3, "0003_dedupe_by_arrival.sql"),
+)
 """Every schema version with the file that creates it from the one before, oldest first."""
 assert [version for version, _ in _MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
 
@@ -297,12 +301,12 @@ LIMIT $3
 
 _READ_DEDUPE_SQL: Final = """
 SELECT message_id, seq, reply FROM (
-    SELECT message_id, seq, reply, position FROM dedupe
+    SELECT message_id, seq, reply, ordinal FROM dedupe
     WHERE stream_id = $1
-    ORDER BY seq DESC, position DESC
+    ORDER BY ordinal DESC
     LIMIT $2
 ) newest
-ORDER BY seq, position
+ORDER BY ordinal
 """
 
 _STREAM_HEAD_COLUMNS: Final = "stream_id, epoch, head, owner, lease_expires_ms"
@@ -1161,7 +1165,7 @@ def _dedupe_columns(numbered: list[tuple[int, AppendRequest]]) -> dict[str, list
     rows = [
         (index, request.stream_id, record)
         for index, request in numbered
-        for record in _distinct_records(request.dedupe)
+        for record in request.dedupe
     ]
     return {
         "d_request": [row[0] for row in rows],
@@ -1170,14 +1174,6 @@ def _dedupe_columns(numbered: list[tuple[int, AppendRequest]]) -> dict[str, list
         "d_seq": [row[2].seq for row in rows],
         "d_reply": [row[2].reply for row in rows],
     }
-
-
-def _distinct_records(records: Sequence[DedupeRecord]) -> Sequence[DedupeRecord]:
-    """One record per message id: its first place and its last record, as a dict assigned in
-    order keeps them (the reference store's behaviour)."""
-    if len(records) <= 1:
-        return records
-    return list({record.message_id: record for record in records}.values())
 
 
 def _timer_columns(numbered: list[tuple[int, AppendRequest]]) -> dict[str, list[Any]]:

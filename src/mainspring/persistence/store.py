@@ -51,7 +51,7 @@ __all__ = [
     "stream_id_of",
 ]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """The schema version this code writes; stores migrate older schemas at ``open``."""
 
 
@@ -249,6 +249,9 @@ class AppendRequest:
     events: Sequence[NewEvent]
     recorded_at_ms: int
     dedupe: Sequence[DedupeRecord] = ()
+    """The message ids this request accepts, each once. None of them may be among the stream's
+    newest ``dedupe_window`` records (a caller holds those and answers such a duplicate from
+    them); an id the window has forgotten may be recorded again, as a new record."""
     dedupe_window: int = 0
     """When > 0, keep only the newest ``dedupe_window`` dedupe records of the stream."""
     outbox: Sequence[OutboxMessage] = ()
@@ -279,6 +282,8 @@ class AppendRequest:
         for record in self.dedupe:
             # A message that only sends or schedules (no events) is recorded at the head it saw.
             assert self.expected_seq <= record.seq <= self.expected_seq + len(self.events)
+        if len(self.dedupe) > 1:
+            assert len({record.message_id for record in self.dedupe}) == len(self.dedupe), self
         for timer in self.timers_set:
             assert timer.stream_id == self.stream_id
 
@@ -422,8 +427,8 @@ class Store(Protocol):
         ...
 
     async def read_dedupe(self, stream_id: str, limit: int) -> list[DedupeRecord]:
-        """The newest ``limit`` dedupe records of the stream, oldest first (records with equal
-        ``seq`` in the order they were written)."""
+        """The newest ``limit`` dedupe records of the stream, oldest first: by ``seq``, and
+        records with equal ``seq`` in the order they were written."""
         ...
 
     async def read_lease_history(self, stream_id: str) -> list[LeaseRecord]:
