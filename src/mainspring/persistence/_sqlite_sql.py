@@ -862,7 +862,7 @@ def _write_dedupe(conn: sqlite3.Connection, accepted: Sequence[AppendRequest]) -
         (request.stream_id, back, record.message_id, record.seq, record.reply)
         for request in accepted
         for back, record in zip(
-            range(len(request.dedupe), 0, -1), _in_arrival_order(request.dedupe), strict=True
+            range(len(request.dedupe), 0, -1), request.dedupe_in_arrival_order(), strict=True
         )
     ]
     inserted = _write_rows(conn, _INSERT_DEDUPE, records)
@@ -880,13 +880,6 @@ def _write_dedupe(conn: sqlite3.Connection, accepted: Sequence[AppendRequest]) -
     # A str, not bytes: SQLite 3.45+ reads a BLOB argument as binary JSONB.
     over = conn.execute(_OVER_WINDOW, (orjson.dumps(windows).decode(),)).fetchall()
     _execute_many(conn, _PRUNE_DEDUPE, over)
-
-
-def _in_arrival_order(records: Sequence[DedupeRecord]) -> Sequence[DedupeRecord]:
-    """A request's records by seq, equal seqs in request order (the stable sort keeps it)."""
-    if len(records) < 2:
-        return records
-    return sorted(records, key=lambda record: record.seq)
 
 
 def _write_outbox(conn: sqlite3.Connection, accepted: Sequence[AppendRequest]) -> None:

@@ -171,9 +171,7 @@ class MemoryStore:
         # The dict stays ordered oldest first: the stream's records have seqs up to the head
         # the request saw, its own ones from that head on, and they go in by seq (a stable sort
         # keeps equal seqs in request order).
-        records = request.dedupe
-        if len(records) > 1:
-            records = sorted(records, key=lambda record: record.seq)
+        records = request.dedupe_in_arrival_order()
         window = request.dedupe_window
         for record in records:
             # The caller answers a duplicate its window holds (every record, without a window);

@@ -287,6 +287,14 @@ class AppendRequest:
         for timer in self.timers_set:
             assert timer.stream_id == self.stream_id
 
+    def dedupe_in_arrival_order(self) -> Sequence[DedupeRecord]:
+        """The dedupe records in the order the store keeps them: by seq, equal seqs in request
+        order (a stable sort). They follow every stored record, whose seqs are at most the head
+        this request saw."""
+        if len(self.dedupe) < 2:
+            return self.dedupe
+        return sorted(self.dedupe, key=lambda record: record.seq)
+
     @property
     def new_head_seq(self) -> int:
         """The stream's head after this request commits."""
