@@ -22,7 +22,7 @@ import attrs
 import mainspring
 from mainspring import ActorContext, handler
 from mainspring.persistence.postgres import PostgresStore
-from mainspring.persistence.sqlite import SqliteStore
+from mainspring.persistence.sqlite import SqliteStore, default_writer
 
 DEFAULT_POSTGRES_DSN = os.environ.get(
     "MAINSPRING_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
@@ -133,9 +133,9 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sqlite-writer",
         choices=["thread", "process"],
-        default="thread",
-        help="SqliteStore(writer=...): the writer connection on aiosqlite's thread (the "
-        "default) or in a process of its own",
+        default=default_writer("bench.db"),
+        help="SqliteStore(writer=...): the writer connection in a process of its own or on "
+        "aiosqlite's thread (default: the store's default for a file here, %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON line")
 
@@ -160,7 +160,7 @@ async def fresh_database(kind: str, dsn: str, label: str) -> AsyncIterator[dict[
         await connection.close()
 
 
-def open_store(kind: str, where: dict[str, str], sqlite_writer: str = "thread") -> Any:
+def open_store(kind: str, where: dict[str, str], sqlite_writer: str | None = None) -> Any:
     """The store over ``where``, with the store's default settings (durability included) and,
     for SQLite, the writer ``--sqlite-writer`` picked."""
     if kind == "sqlite":

@@ -19,7 +19,8 @@ def test_sqlite_urls_name_relative_and_absolute_files() -> None:
     absolute = parse_store_url("sqlite:////var/lib/mainspring/node.db")
     assert absolute.path == Path("/var/lib/mainspring/node.db")
     assert absolute.describe() == "sqlite:////var/lib/mainspring/node.db"
-    assert absolute.writer == "thread"
+    assert absolute.writer is None  # the store's default
+    assert absolute.open_store().writer == "process"  # type: ignore[attr-defined]
 
 
 def test_a_sqlite_url_may_put_the_writer_in_a_process_of_its_own() -> None:
@@ -79,7 +80,7 @@ def test_postgres_urls_take_the_schema_out_of_the_dsn() -> None:
         ("sqlite:///data/", "names no file"),
         ("sqlite:///:memory:", "in-memory"),
         ("sqlite:///x.db?mode=ro", "unknown parameter(s) ['mode']"),
-        ("sqlite:///x.db?writer=fork", "writer='fork'; use writer=thread"),
+        ("sqlite:///x.db?writer=fork", "writer='fork'; use writer=process"),
         ("sqlite:///x.db?writer=process&writer=thread", "'writer' more than once"),
         ("sqlite:///x.db?cache_mib=0", "cache_mib='0'; give a whole number >= 1"),
         ("sqlite:///x.db?cache_mib=-4", "cache_mib='-4'"),

@@ -13,8 +13,10 @@ import os
 import pickle
 import signal
 import sqlite3
+import sys
 from pathlib import Path
 
+import attrs
 import pytest
 
 from mainspring.errors import (
@@ -24,9 +26,19 @@ from mainspring.errors import (
     UsageError,
 )
 from mainspring.persistence import _sqlite_sql as sql
-from mainspring.persistence.sqlite import ProcessRunner, SqliteStore
-from mainspring.persistence.store import AppendRequest, LeaseRequest, NewEvent
+from mainspring.persistence.sqlite import InlineRunner, ProcessRunner, SqliteStore
+from mainspring.persistence.store import (
+    AppendRequest,
+    DedupeRecord,
+    Lease,
+    LeaseRequest,
+    NewEvent,
+    OutboxMessage,
+    Snapshot,
+    Timer,
+)
 from tests.support import sqlite_writer_calls as calls
+from tests.support.clocks import FixedClock
 from tests.support.processes import process_gone
 
 TTL_MS = 10_000
@@ -124,9 +136,14 @@ async def test_a_function_that_does_not_pickle_is_refused(store: SqliteStore) ->
     assert await store._write("pid", calls.process_id) == store.writer_pid
 
 
-async def test_a_killed_writer_fails_calls_in_flight_as_ambiguous_and_later_ones_plainly(
+async def test_a_killed_writer_fails_calls_in_flight_as_ambiguous_and_the_next_write_restarts_it(
     store: SqliteStore,
 ) -> None:
+    """Goal: losing the writer process loses nothing acknowledged and stops nothing for good.
+    Method: acknowledge a write, kill the child inside a call; that call fails as ambiguous, the
+    next write runs in a new child, and the acknowledged write is still there."""
+    lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+    assert await store.append_batch([one_event("acct/a", lease.epoch, 0)]) == [None]
     pid = store.writer_pid
     assert pid is not None
     holding = asyncio.ensure_future(store._write("sleep", calls.sleep, 30.0))
@@ -136,10 +153,57 @@ async def test_a_killed_writer_fails_calls_in_flight_as_ambiguous_and_later_ones
         await holding
     assert in_flight.value.ambiguous is True
     assert "exit status -9" in str(in_flight.value)
-    with pytest.raises(StoreUnavailable, match="Nothing was written") as later:
-        await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
-    assert later.value.ambiguous is False
-    assert "open it again" in str(later.value)
+    assert "next write starts a new writer process" in str(in_flight.value)
+    assert store.writer_restarts == 0
+    # Two writes at once after the loss: one restart serves both.
+    appended, renewed = await asyncio.gather(
+        store.append_batch([one_event("acct/a", lease.epoch, 1)]),
+        store._write("pid", calls.process_id),
+    )
+    assert appended == [None]
+    assert store.writer_restarts == 1
+    assert store.writer_pid == renewed
+    assert renewed not in (None, pid)
+    assert process_gone(pid)
+    assert [event.seq for event in await store.read_events("acct/a")] == [1, 2]
+
+
+async def test_a_failed_restart_is_retried_after_an_interval_and_nothing_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Goal: a writer process that cannot be started again gives clear, fast failures, then
+    recovers. Method: lose the child, make starting Python fail (no such executable), write,
+    write again within the interval, then restore the executable and move the clock on."""
+    clock = FixedClock(NOW_MS)
+    store = SqliteStore(tmp_path / "store.db", writer="process", clock=clock)
+    await store.open()
+    try:
+        pid = store.writer_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        runner = store._require_open().writer
+        assert isinstance(runner, ProcessRunner)
+        for _ in range(500):  # until the runner has seen its channel close
+            if runner.lost is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert runner.lost is not None
+        monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+        with pytest.raises(StoreUnavailable, match="could not start the SQLite writer") as first:
+            await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+        assert first.value.ambiguous is False
+        clock.now_ms += 500
+        with pytest.raises(StoreUnavailable, match=r"failed 0\.5s ago.*Nothing was written"):
+            await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+        assert store.writer_restarts == 0
+        monkeypatch.undo()
+        clock.now_ms += 600
+        lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
+        assert lease.epoch == 1  # the failed attempts took no lease
+        assert store.writer_restarts == 1
+        assert store.writer_pid not in (None, pid)
+    finally:
+        await store.close()
 
 
 async def test_a_new_store_after_a_lost_writer_sees_every_acknowledged_write(
@@ -209,8 +273,11 @@ def test_writer_settings_are_checked() -> None:
         SqliteStore("x.db", writer="fork")
     with pytest.raises(UsageError, match="':memory:'"):
         SqliteStore(":memory:", writer="process")
-    assert SqliteStore("x.db").writer == "thread"
-    assert SqliteStore("x.db").writer_pid is None
+    assert SqliteStore("x.db").writer == "process"  # the default for a file on POSIX
+    assert SqliteStore("x.db", writer="thread").writer == "thread"
+    assert SqliteStore(":memory:").writer == "thread"
+    assert SqliteStore("x.db", runner_factory=InlineRunner.open).writer == "thread"
+    assert SqliteStore("x.db").writer_pid is None  # not open
 
 
 async def test_a_closed_runner_refuses_calls(tmp_path: Path) -> None:
@@ -231,3 +298,29 @@ def test_errors_and_schema_refusals_pickle_with_their_fields() -> None:
     )
     unknown = pickle.loads(pickle.dumps(sql.UnknownSchemaVersion([1, 9], 3)))
     assert (unknown.found, unknown.supported) == ([1, 9], 3)
+
+
+def test_write_records_pickle_as_their_field_values() -> None:
+    """Goal: what travels to the writer process arrives equal, and as field values (the fast
+    form), not attrs' per-object dict. Method: pickle a request that uses every part."""
+    request = AppendRequest(
+        "acct/a",
+        1,
+        0,
+        [NewEvent("test.happened", 1, b"{}", "m1")],
+        NOW_MS,
+        [DedupeRecord("m1", 1, b"reply")],
+        100,
+        [OutboxMessage("o1", "acct/a", "acct", "b", "test.sent", 1, b"{}", NOW_MS)],
+        [Timer("acct/a", "tick", NOW_MS + 5, b"p")],
+        ["old"],
+        Snapshot("acct/a", 1, "test.state", 2, b"{}", NOW_MS),
+        "active",
+        LeaseRequest("acct/a", "node-1", NOW_MS, TTL_MS),
+    )
+    copy = pickle.loads(pickle.dumps(request, pickle.HIGHEST_PROTOCOL))
+    assert copy == request
+    assert copy.claim == request.claim
+    assert request.__reduce__() == (AppendRequest, attrs.astuple(request, recurse=False))
+    lease = Lease("acct/a", "node-1", 3, 7, NOW_MS)
+    assert pickle.loads(pickle.dumps(lease)) == lease

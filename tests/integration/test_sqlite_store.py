@@ -27,22 +27,10 @@ from mainspring.persistence.store import (
     Timer,
 )
 from tests.support import sqlite_writer_calls as calls
+from tests.support.clocks import FixedClock
 
 TTL_MS = 10_000
 NOW_MS = 1_700_000_000_000
-
-
-class FixedClock:
-    """A wall clock that reads what the test sets."""
-
-    def __init__(self, wall_ms: int) -> None:
-        self.now_ms = wall_ms
-
-    def wall_ms(self) -> int:
-        return self.now_ms
-
-    def monotonic_s(self) -> float:
-        return self.now_ms / 1000
 
 
 class RecordingFactory:
@@ -182,7 +170,8 @@ async def test_an_older_schema_is_migrated_at_open(
     monkeypatch.setattr(sql, "MIGRATIONS", (*sql.MIGRATIONS, migration))
     monkeypatch.setattr(sql, "SCHEMA_VERSION", next_version)
 
-    new = SqliteStore(path, clock=FixedClock(NOW_MS + 5))
+    # The writer runs in this process, where the patched migrations are.
+    new = SqliteStore(path, clock=FixedClock(NOW_MS + 5), writer="thread")
     await new.open()
     assert [event.seq for event in await new.read_events("acct/a")] == [1]
     await new.close()

@@ -25,14 +25,14 @@ _HELP: Final = (
 
 @attrs.frozen
 class StoreUrl:
-    """A parsed store URL: ``kind`` is ``"sqlite"`` (``path``, ``writer``, and ``cache_mib`` and
+    """A parsed store URL: ``kind`` is ``"sqlite"`` (``path``, and ``writer``, ``cache_mib`` and
     ``checkpoint_pages`` when given) or ``"postgres"`` (``dsn``, ``schema``)."""
 
     kind: str
     path: Path | None = None
     dsn: str | None = None
     schema: str = "public"
-    writer: str = "thread"
+    writer: str | None = None
     cache_mib: int | None = None
     checkpoint_pages: int | None = None
 
@@ -63,7 +63,7 @@ class StoreUrl:
     def describe(self) -> str:
         """The URL without a password, for logs."""
         if self.kind == "sqlite":
-            given = [("writer", self.writer)] if self.writer != "thread" else []
+            given = [("writer", self.writer)] if self.writer is not None else []
             given += [
                 (name, str(value))
                 for name, value in (
@@ -131,9 +131,9 @@ def _sqlite(url: str, rest: str) -> StoreUrl:
 _SQLITE_PARAMETERS: Final = ("writer", "cache_mib", "checkpoint_pages")
 
 
-def _sqlite_options(url: str, query_text: str) -> tuple[str, dict[str, int]]:
-    """The ``writer`` of a SQLite URL's query, and its ``cache_mib`` and ``checkpoint_pages``
-    (see ``SqliteStore``) where given."""
+def _sqlite_options(url: str, query_text: str) -> tuple[str | None, dict[str, int]]:
+    """The ``writer``, ``cache_mib`` and ``checkpoint_pages`` (see ``SqliteStore``) of a SQLite
+    URL's query, where given."""
     from mainspring.persistence.sqlite import WRITERS
 
     query = parse_qsl(query_text, keep_blank_values=True)
@@ -148,11 +148,11 @@ def _sqlite_options(url: str, query_text: str) -> tuple[str, dict[str, int]]:
         if name in values:
             raise UsageError(f"SQLite store URL {url!r} gives {name!r} more than once")
         values[name] = value
-    writer = values.pop("writer", "thread")
-    if writer not in WRITERS:
+    writer = values.pop("writer", None)
+    if writer is not None and writer not in WRITERS:
         raise UsageError(
-            f"SQLite store URL {url!r} has writer={writer!r}; use writer=thread (the default) "
-            "or writer=process (the writer connection in a process of its own)"
+            f"SQLite store URL {url!r} has writer={writer!r}; use writer=process (the writer "
+            "connection in a process of its own, the default) or writer=thread (in this process)"
         )
     sizes: dict[str, int] = {}
     for name, value in values.items():

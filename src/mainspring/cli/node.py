@@ -422,7 +422,7 @@ async def serve(settings: NodeSettings, gate: _StartupGate) -> None:
     default=DEFAULT_STORE_URL,
     show_default=True,
     metavar="URL",
-    help="sqlite:///PATH[?writer=process] or postgresql://USER@HOST:PORT/DB[?schema=NAME].",
+    help="sqlite:///PATH[?writer=thread|process] or postgresql://USER@HOST:PORT/DB[?schema=NAME].",
 )
 @click.option(
     "--listen",

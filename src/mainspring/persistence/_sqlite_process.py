@@ -13,7 +13,9 @@ function is a module-level function of ``_sqlite_sql`` (pickled by name); the ch
 one at a time, in the order sent, and answers each with ``(True, result)`` or
 ``(False, error)``. The child ignores SIGINT and SIGTERM (a terminal's Ctrl-C or a service
 manager's stop must not take the writer away while the node drains), and exits when the socket
-closes: when the store closes it, or when the parent dies, even by SIGKILL.
+closes: when the store closes it, or when the parent dies, even by SIGKILL. The child's side is
+``_sqlite_child``. A runner whose child is gone stays gone (``lost``); ``SqliteStore`` starts a
+new one.
 """
 
 from __future__ import annotations
@@ -24,36 +26,41 @@ import contextlib
 import os
 import pickle
 import socket
-import sqlite3
-import struct
 import subprocess
 import sys
-import traceback
 from collections.abc import Callable
 from typing import Any, Final, TypeVar, cast, final
 
 from mainspring.errors import UsageError
+from mainspring.persistence._sqlite_child import HEADER as _HEADER
+from mainspring.persistence._sqlite_child import PROTOCOL as _PROTOCOL
+from mainspring.persistence._sqlite_child import SqliteErrorCarrier
 
-__all__ = ["ProcessRunner", "WriterProcessLost", "serve"]
+__all__ = ["ProcessRunner", "WriterProcessLost"]
 
 T = TypeVar("T")
 
-_HEADER: Final = struct.Struct("!I")
-_PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
 _EXIT_WAIT_S: Final = 10.0
 """How long ``close`` waits for the child to finish what it was sent and exit, before killing it."""
 
 # The child's first steps, before anything of mainspring can be imported: the parent's sys.path
-# arrives in the first frame, so the child imports the very code the parent runs.
+# arrives in the first frame, so the child imports the very code the parent runs. The two
+# packages are entered in sys.modules as bare packages first, so importing their modules does not
+# run their __init__ (which imports all of mainspring, asyncio and the PostgreSQL driver): the
+# child needs the store's SQL and its records only.
 _BOOTSTRAP: Final = """\
-import pickle, signal, socket, struct, sys
+import importlib.util, pickle, signal, socket, struct, sys, types
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 channel = socket.socket(fileno=int(sys.argv[1]))
 stream = channel.makefile("rb")
 (size,) = struct.unpack("!I", stream.read(4))
 sys.path[:] = pickle.loads(stream.read(size))
-from mainspring.persistence._sqlite_process import serve
+for name in ("mainspring", "mainspring.persistence"):
+    package = types.ModuleType(name)
+    package.__path__ = list(importlib.util.find_spec(name).submodule_search_locations)
+    sys.modules[name] = package
+from mainspring.persistence._sqlite_child import serve
 serve(channel, stream)
 """
 
@@ -68,80 +75,6 @@ class WriterProcessLost(Exception):
     def __init__(self, detail: str, *, ambiguous: bool) -> None:
         self.ambiguous = ambiguous
         super().__init__(detail)
-
-
-# The child ---------------------------------------------------------------------------------
-
-
-def serve(channel: socket.socket, stream: Any) -> None:
-    """The child's loop: open the connection named by the first call, then run each call as it
-    comes, until the parent closes the channel."""
-    connection: sqlite3.Connection | None = None
-    try:
-        while True:
-            header = stream.read(_HEADER.size)
-            if len(header) < _HEADER.size:
-                return  # the parent closed the channel (or died): nothing more to do
-            (size,) = _HEADER.unpack(header)
-            body = stream.read(size)
-            if len(body) < size:
-                return
-            # The frame comes from the parent that started this process, over a private
-            # socket pair: nothing else can write to it.
-            fn, arguments = pickle.loads(body)  # noqa: S301
-            try:
-                if connection is None:
-                    connection = fn(*arguments)  # the first call opens the connection
-                    reply: tuple[bool, Any] = (True, None)
-                else:
-                    reply = (True, fn(connection, *arguments))
-            except Exception as error:  # every failure goes back to the caller
-                reply = (False, _portable(error))
-            payload = pickle.dumps(reply, _PROTOCOL)
-            channel.sendall(_HEADER.pack(len(payload)) + payload)
-    except (BrokenPipeError, ConnectionResetError):
-        return  # the parent went away while this process answered
-    finally:
-        if connection is not None:
-            connection.close()
-
-
-def _portable(error: BaseException) -> BaseException:
-    """``error`` as it can travel back to the parent: itself if it pickles, with the child's
-    traceback as a note; otherwise a ``RuntimeError`` that carries its type, text and traceback.
-    """
-    trace = "".join(traceback.format_exception(error)).rstrip()
-    if isinstance(error, sqlite3.Error):
-        # pickle keeps an exception's args only; the store reads these two attributes.
-        code = getattr(error, "sqlite_errorcode", None)
-        name = getattr(error, "sqlite_errorname", None)
-        error = _SqliteErrorCarrier(type(error), error.args, code, name)
-    try:
-        copy = pickle.loads(pickle.dumps(error, _PROTOCOL))  # noqa: S301 - its own bytes
-    except Exception:  # an error that does not pickle is described instead
-        described = f"{type(error).__qualname__}: {error}"
-        return RuntimeError(f"{described}\n\nin the SQLite writer process:\n{trace}")
-    if isinstance(copy, BaseException):
-        copy.add_note(f"in the SQLite writer process:\n{trace}")
-    return cast("BaseException", copy)
-
-
-class _SqliteErrorCarrier(Exception):
-    """A ``sqlite3.Error`` on its way to the parent, with the codes pickle would drop."""
-
-    def __init__(
-        self, kind: type[sqlite3.Error], args: tuple[Any, ...], code: int | None, name: str | None
-    ) -> None:
-        super().__init__(kind, args, code, name)
-
-    def rebuild(self) -> sqlite3.Error:
-        kind, args, code, name = self.args
-        error = kind(*args)
-        setattr(error, "sqlite_errorcode", code)  # noqa: B010 - typeshed says int, may be None
-        setattr(error, "sqlite_errorname", name)  # noqa: B010
-        for note in getattr(self, "__notes__", ()):
-            error.add_note(note)
-        return cast("sqlite3.Error", error)
 
 
 # The parent --------------------------------------------------------------------------------
@@ -183,8 +116,8 @@ class ProcessRunner:
         """
         if os.name != "posix":
             raise UsageError(
-                "SqliteStore(writer='process') needs a POSIX system (Linux, macOS); use the "
-                "default writer='thread' here"
+                "SqliteStore(writer='process') needs a POSIX system (Linux, macOS); use "
+                "writer='thread' here"
             )
         from mainspring.persistence import _sqlite_sql
 
@@ -193,6 +126,7 @@ class ProcessRunner:
             # The command is fixed: this interpreter running _BOOTSTRAP.
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
+                "-S",  # no site: sys.path comes from this process
                 "-c",
                 _BOOTSTRAP,
                 str(child_end.fileno()),
@@ -222,6 +156,12 @@ class ProcessRunner:
     def pid(self) -> int:
         """The child process's id."""
         return self._process.pid
+
+    @property
+    def lost(self) -> WriterProcessLost | None:
+        """Why the child process is gone, once it is (it exited or its channel broke); ``None``
+        while it serves, and after ``close``."""
+        return self._lost
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(connection, *args)`` in the child process and return its result.
@@ -266,7 +206,7 @@ class ProcessRunner:
                 if ok:
                     answer.set_result(value)
                 else:
-                    if isinstance(value, _SqliteErrorCarrier):
+                    if isinstance(value, SqliteErrorCarrier):
                         value = value.rebuild()
                     answer.set_exception(value)
         except (asyncio.IncompleteReadError, ConnectionError) as error:
@@ -277,6 +217,13 @@ class ProcessRunner:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self._process.wait()
+                if self._process.returncode is None:
+                    # Alive without a channel, it is of no use, and it may hold the database's
+                    # write lock that the next writer process needs.
+                    with contextlib.suppress(ProcessLookupError):
+                        self._process.kill()
+                    await self._process.wait()
+                    reason += "; it was still running, and was killed"
             self._fail_waiting(reason)
 
     def _fail_waiting(self, reason: str) -> None:

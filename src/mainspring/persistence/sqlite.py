@@ -11,6 +11,7 @@ through one reader connection; in WAL mode readers never block the writer.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
@@ -52,14 +53,30 @@ __all__ = [
     "RunnerFactory",
     "SqliteRunner",
     "SqliteStore",
+    "default_writer",
 ]
 
 T = TypeVar("T")
 
+log: Final = logging.getLogger(__name__)
+
 _MEMORY_PATH = ":memory:"
+
+_RESTART_INTERVAL_S: Final = 1.0
+"""After a failed attempt to start a new writer process, writes fail at once (instead of each
+trying again) for this long."""
 
 WRITERS: Final = ("thread", "process")
 """Where ``SqliteStore(writer=...)`` runs its writer connection."""
+
+
+def default_writer(path: str | os.PathLike[str], *, custom_runner: bool = False) -> str:
+    """The writer ``SqliteStore`` picks when none is named: ``"process"`` for a database file on
+    a POSIX system, ``"thread"`` for ``":memory:"`` (which a child process cannot share), on
+    other systems, and when a ``runner_factory`` is given (it then runs the writer too)."""
+    if custom_runner or os.name != "posix" or os.fspath(path) == _MEMORY_PATH:
+        return "thread"
+    return "process"
 
 
 class SqliteRunner(Protocol):
@@ -190,12 +207,15 @@ class SqliteStore:
             ``InlineRunner.open`` to run everything in the calling thread. With
             ``writer="process"`` it opens the reader only.
         clock: Stamps applied schema migrations; ``SystemClock()`` by default.
-        writer: ``"thread"`` (the default) runs the writer connection through
-            ``runner_factory``. ``"process"`` runs it in a child process of its own
+        writer: ``"process"`` runs the writer connection in a child process of its own
             (``ProcessRunner``), so its transactions never wait for the event loop's thread to
-            let go of the GIL: for write-heavy nodes with a core to spare (see docs/node.md).
-            The child starts at ``open`` and exits at ``close`` or when this process dies.
-            POSIX only, and not with ``":memory:"``.
+            let go of the GIL (see docs/node.md). The child starts at ``open`` and exits at
+            ``close`` or when this process dies; if it is lost while the store is open, the
+            calls it had been sent fail as ambiguous and the next write starts a new one.
+            POSIX only, and not with ``":memory:"``. ``"thread"`` runs it through
+            ``runner_factory`` (aiosqlite's worker thread by default), in this process. By
+            default (``None``), ``default_writer`` chooses: ``"process"`` for a file on POSIX
+            without a ``runner_factory``, else ``"thread"``.
         cache_mib: The writer connection's page cache, in MiB (default 64; SQLite's own
             default is 2). Memory is taken as pages are read, up to this bound.
         checkpoint_pages: The WAL size, in pages, past which a commit checkpoints it into the
@@ -216,7 +236,7 @@ class SqliteStore:
         busy_timeout_ms: int = 5_000,
         runner_factory: RunnerFactory | None = None,
         clock: Clock | None = None,
-        writer: str = "thread",
+        writer: str | None = None,
         cache_mib: int = sql.CACHE_MIB_DEFAULT,
         checkpoint_pages: int = sql.CHECKPOINT_PAGES_DEFAULT,
     ) -> None:
@@ -229,8 +249,10 @@ class SqliteStore:
         for name, value in (("cache_mib", cache_mib), ("checkpoint_pages", checkpoint_pages)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{name} must be an int >= 1, got {value!r}")
+        if writer is None:
+            writer = default_writer(path, custom_runner=runner_factory is not None)
         if writer not in WRITERS:
-            raise UsageError(f"writer must be one of {list(WRITERS)}, got {writer!r}")
+            raise UsageError(f"writer must be one of {list(WRITERS)} or None, got {writer!r}")
         if writer == "process" and os.fspath(path) == _MEMORY_PATH:
             raise UsageError(
                 "writer='process' cannot share a ':memory:' database with this process; name a "
@@ -250,6 +272,8 @@ class SqliteStore:
         self._clock: Clock = clock or SystemClock()
         self._connections: _Connections | None = None
         self._open_lock = asyncio.Lock()
+        self._restart_failed: tuple[float, StoreUnavailable] | None = None
+        self._writer_restarts = 0
 
     @property
     def path(self) -> str:
@@ -270,6 +294,11 @@ class SqliteStore:
             return None
         return connections.writer.pid
 
+    @property
+    def writer_restarts(self) -> int:
+        """How many times this store started a new writer process after losing one."""
+        return self._writer_restarts
+
     async def open(self) -> None:
         """Connect, switch the file to WAL mode and apply pending migrations. Idempotent.
 
@@ -283,7 +312,8 @@ class SqliteStore:
 
     async def close(self) -> None:
         """Close both connections (after the operations already submitted). Idempotent."""
-        connections, self._connections = self._connections, None
+        async with self._open_lock:  # not halfway through an open or a writer restart
+            connections, self._connections = self._connections, None
         if connections is None:
             return
         try:
@@ -321,6 +351,46 @@ class SqliteStore:
                 f"cannot open SQLite database {self._path!r}: {error}. Check that the Python "
                 "running this process can start another one, or use writer='thread'."
             ) from error
+
+    async def _restart_writer(self, lost: ProcessRunner) -> SqliteRunner:
+        """A new writer process in place of ``lost``, which is gone (``lost.lost`` says why).
+
+        Raises:
+            StoreUnavailable: the new process could not be started or prepared (nothing was
+                written), now or less than ``_RESTART_INTERVAL_S`` ago.
+        """
+        async with self._open_lock:
+            connections = self._require_open()
+            if connections.writer is not lost:
+                return connections.writer  # another write restarted it meanwhile
+            now = self._clock.monotonic_s()
+            if self._restart_failed is not None:
+                failed_at, error = self._restart_failed
+                if now - failed_at < _RESTART_INTERVAL_S:
+                    raise StoreUnavailable(
+                        f"the SQLite writer process for {self._path!r} is gone ({lost.lost}), and "
+                        f"starting a new one failed {now - failed_at:.1f}s ago: {error} The next "
+                        f"write after {_RESTART_INTERVAL_S:g}s tries again. Nothing was written."
+                    )
+            try:
+                runner = cast("ProcessRunner", await self._start_runner(ProcessRunner.open))
+                try:
+                    await self._prepare_writer(runner)
+                except BaseException:
+                    await runner.close()
+                    raise
+            except StoreUnavailable as error:
+                self._restart_failed = (now, error)
+                raise
+            self._restart_failed = None
+            self._connections = attrs.evolve(connections, writer=runner)
+            self._writer_restarts += 1
+        log.warning(
+            "SqliteWriterRestarted",
+            extra={"path": self._path, "pid": runner.pid, "lost": str(lost.lost)},
+        )
+        await lost.close()
+        return runner
 
     async def _prepare_writer(self, writer: SqliteRunner) -> None:
         synchronous, busy_timeout_ms = self._synchronous, self._busy_timeout_ms
@@ -367,7 +437,10 @@ class SqliteStore:
         return self._connections
 
     async def _write(self, operation: str, fn: Callable[..., T], *args: Any) -> T:
-        return await self._call(self._require_open().writer, operation, fn, *args)
+        writer = self._require_open().writer
+        if isinstance(writer, ProcessRunner) and writer.lost is not None:
+            writer = await self._restart_writer(writer)
+        return await self._call(writer, operation, fn, *args)
 
     async def _read(self, operation: str, fn: Callable[..., T], *args: Any) -> T:
         return await self._call(self._require_open().reader, operation, fn, *args)
@@ -386,8 +459,8 @@ class SqliteStore:
                 else "Nothing was written."
             )
             raise StoreUnavailable(
-                f"{operation} on SQLite database {self._path!r} failed: {error}. {outcome} Close "
-                "the store and open it again (restart the node) to start a new writer process.",
+                f"{operation} on SQLite database {self._path!r} failed: {error}. {outcome} The "
+                "next write starts a new writer process.",
                 ambiguous=error.ambiguous,
             ) from error
         except sql.CommitFailed as error:
