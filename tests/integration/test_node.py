@@ -332,6 +332,7 @@ async def test_least_recently_used_actors_are_passivated_beyond_the_bound(
 
 
 async def test_a_full_mailbox_refuses_with_overloaded(store_factory: Any) -> None:
+    started = asyncio.Event()
     release = asyncio.Event()
 
     class Slow(mainspring.Actor[int]):
@@ -340,6 +341,7 @@ async def test_a_full_mailbox_refuses_with_overloaded(store_factory: Any) -> Non
 
         @handler(GetBalance)
         async def wait(self, ctx: ActorContext[int], message: GetBalance) -> int:
+            started.set()
             await release.wait()
             return 0
 
@@ -350,9 +352,12 @@ async def test_a_full_mailbox_refuses_with_overloaded(store_factory: Any) -> Non
         config=attrs.evolve(FAST, mailbox_messages_max=2, handler_batch_max=1),
     ) as node:
         first = asyncio.ensure_future(node.ask(Slow, "s", GetBalance()))
-        await asyncio.sleep(0.05)  # the first message is being handled; the mailbox is empty
+        # Wait until the first message is being handled, so the mailbox is empty (hydrating
+        # the actor can take longer than any fixed sleep on a busy machine).
+        await asyncio.wait_for(started.wait(), 10)
         queued = [asyncio.ensure_future(node.ask(Slow, "s", GetBalance())) for _ in range(2)]
         await asyncio.sleep(0)  # let both queue
+        assert len(node.host.live["test-slow/s"].mailbox) == 2
         with pytest.raises(Overloaded, match="mailbox") as caught:
             await node.ask(Slow, "s", GetBalance())
         assert caught.value.limit == 2
