@@ -22,6 +22,7 @@ from mainspring import (
     Overloaded,
     UnknownActorType,
     UsageError,
+    crashpoints,
     handler,
 )
 from mainspring.persistence.store import AppendRequest, OutboxMessage
@@ -302,6 +303,47 @@ async def test_idle_actors_passivate_snapshot_and_release_their_lease(store_fact
         assert snapshot.seq == 1
         assert await node.ask(Account, "a", Deposit(1)) == 4  # re-activated on demand
         assert node.statistics()["host"]["activations"] == 2
+
+
+async def test_stop_waits_for_an_actor_already_passivating_to_release_its_lease(
+    store_factory: Any,
+) -> None:
+    """Goal: a node that stops while an actor is passivating (shed, idle, handed off in a
+    cluster) still releases that actor's lease, so its next owner need not wait for expiry.
+    Method: hold actor ``a`` at the crash point between its final snapshot and its release
+    (it has left the live set by then), stop the node, then let ``a`` go on."""
+    reached = asyncio.Event()
+    proceed = asyncio.Event()
+
+    async def hold_passivation(name: str) -> None:
+        if name == "host.mid_passivation" and not reached.is_set():
+            reached.set()
+            await proceed.wait()
+
+    store = store_factory()
+    restore = crashpoints.install(hold_passivation, None)
+    try:
+        node = node_on(store, live_actors_max=1)
+        await node.start()
+        await node.ask(Account, "a", Deposit(1))
+        await node.ask(Account, "b", Deposit(1))  # a is shed: it passivates
+        await asyncio.wait_for(reached.wait(), 10)
+        assert "test-account/a" not in node.host.live
+        stopping = asyncio.ensure_future(node.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=0.3)
+        assert not done, "the node stopped while an actor was still passivating"
+        proceed.set()
+        await asyncio.wait_for(stopping, 10)
+    finally:
+        restore()
+    reader = await reader_of(store_factory)
+    try:
+        for account in ("a", "b"):
+            head = await reader.read_head(f"test-account/{account}")
+            assert head is not None
+            assert head.owner is None, f"the lease of {account!r} was kept"
+    finally:
+        await reader.close()
 
 
 async def test_an_idle_actor_keeps_none_of_the_messages_it_handled(store_factory: Any) -> None:

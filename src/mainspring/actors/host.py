@@ -947,6 +947,9 @@ class ActorHost:
                 )
             self.types[actor_cls.type_name] = actor_cls
         self.live: Final[OrderedDict[str, Activation]] = OrderedDict()
+        self._running: Final[set[asyncio.Task[None]]] = set()
+        """The task of every activation that has not ended: the live ones, and those that left
+        ``live`` and are still passivating (snapshot, lease release)."""
         self.closing = False
         self.statistics: Final = HostStatistics()
         self.on_outbox_written: Callable[[], None] = lambda: None
@@ -1063,9 +1066,12 @@ class ActorHost:
         self.live[activation.stream_id] = activation
         if len(self.live) > self.config.live_actors_max:
             self._shed(len(self.live) - self.config.live_actors_max)
-        activation.task = asyncio.create_task(
+        task = asyncio.create_task(
             activation.run(), name=f"mainspring-actor:{activation.stream_id}"
         )
+        activation.task = task
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
         return activation
 
     def _shed(self, count: int) -> None:
@@ -1193,11 +1199,15 @@ class ActorHost:
         return self.codec.loads_plain(snapshot.payload, state_type)
 
     async def drain(self) -> None:
-        """Stop accepting messages and let every live actor finish its mailbox and passivate."""
+        """Stop accepting messages, let every live actor finish its mailbox and passivate, and
+        wait for the actors already passivating (handed off, shed, idle) to release their
+        leases; all within ``shutdown_timeout_s``."""
         self.closing = True
-        tasks = [a.task for a in self.live.values() if a.task is not None]
         for activation in list(self.live.values()):
             activation.wakeup.set()
+        # Not only the live ones: an activation leaves ``live`` when it starts passivating, and
+        # its snapshot and lease release still need the journal, which closes after this.
+        tasks = set(self._running)
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=self.config.shutdown_timeout_s)
