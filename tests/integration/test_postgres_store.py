@@ -168,7 +168,7 @@ async def test_migration_3_keeps_each_streams_dedupe_records_in_arrival_order(
     store = make_store()
     await store.open()
     versions = await admin.fetch("SELECT version FROM schema_migrations ORDER BY version")
-    assert [row["version"] for row in versions] == [1, 2, 3]
+    assert [row["version"] for row in versions] == list(range(1, SCHEMA_VERSION + 1))
     kept = await store.read_dedupe("acct/a", 10)
     assert [(r.message_id, r.seq, r.reply) for r in kept] == [
         ("m0", 1, b"0"),
@@ -187,6 +187,40 @@ async def test_migration_3_keeps_each_streams_dedupe_records_in_arrival_order(
         FROM streams s ORDER BY 1"""
     )
     assert [tuple(row) for row in rows] == [("acct/a", 5, [2, 3, 4]), ("acct/b", 1, [0])]
+
+
+@pytest.mark.postgres
+async def test_the_previous_clients_append_call_works_on_schema_4(
+    make_store: StoreMaker, admin: asyncpg.Connection[asyncpg.Record]
+) -> None:
+    """Goal: a node still running the schema 3 client (it sends each event's stream in the call)
+    keeps appending correctly after another node migrated the database to schema 4 (whose
+    client sends e_stream as NULL). Method: make the previous call's SQL from today's (its
+    e_stream was the join below) and run it on a migrated schema."""
+    store = make_store()
+    await store.open()
+    leases = [await store.acquire_lease(s, "node-1", NOW_MS, TTL_MS) for s in ("acct/a", "acct/b")]
+    assert "e_stream => NULL" in postgres._APPEND_SQL
+    p_stream = postgres._ARGUMENT_INDEX["p_stream"] + 1
+    e_request = postgres._ARGUMENT_INDEX["e_request"] + 1
+    previous_sql = postgres._APPEND_SQL.replace(
+        "e_stream => NULL",
+        f"e_stream => ARRAY(SELECT p.stream_id "
+        f"FROM unnest(${e_request}::text::integer[]) WITH ORDINALITY AS u(i, n) "
+        f"JOIN unnest(${p_stream}::text::text[]) WITH ORDINALITY AS p(stream_id, i) "
+        f"ON p.i = u.i ORDER BY u.n)",
+    )
+    requests = [request("acct/b", leases[1].epoch, 0, 1), request("acct/a", leases[0].epoch, 0, 2)]
+    arguments = postgres._append_arguments(requests, [1, 0])
+    assert await admin.fetch(previous_sql, *arguments) == []
+    assert [(e.stream_id, e.seq) for e in await store.read_events("acct/a")] == [
+        ("acct/a", 1),
+        ("acct/a", 2),
+    ]
+    assert [(e.stream_id, e.seq) for e in await store.read_events("acct/b")] == [("acct/b", 1)]
+    # And the call of this version, on the same streams.
+    assert await store.append_batch([request("acct/a", leases[0].epoch, 2, 1)]) == [None]
+    assert [e.seq for e in await store.read_events("acct/a")] == [1, 2, 3]
 
 
 @pytest.mark.postgres

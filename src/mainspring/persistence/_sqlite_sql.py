@@ -243,6 +243,9 @@ MIGRATIONS: Final = (
     Migration(1, "create the initial schema", _SCHEMA_V1),
     Migration(2, "add the cluster membership table", _SCHEMA_V2),
     Migration(3, "keep each stream's dedupe records in one range, in arrival order", _SCHEMA_V3),
+    # Version 4 replaces PostgreSQL's append function; nothing changes on SQLite. Both stores
+    # count versions alike, so a database says which mainspring wrote it whatever its kind.
+    Migration(4, "nothing on SQLite (PostgreSQL's append takes one pass over the streams)", ()),
 )
 """Every schema version in order; ``migrate_tx`` applies the ones a database lacks."""
 

@@ -70,6 +70,7 @@ _MIGRATIONS: Final = (
     (1, "0001_initial.sql"),
     (2, "0002_members.sql"),
     (3, "0003_dedupe_by_arrival.sql"),
+    (4, "0004_append_in_one_update.sql"),
 )
 """Every schema version with the file that creates it from the one before, oldest first."""
 assert [version for version, _ in _MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
@@ -148,16 +149,6 @@ _PACKED_BYTEA: Final = frozenset({"e_payload"})
 which the server cuts apart. As an array, each of a batch's values would cost asyncpg two
 abstract-base-class checks and an encoder call; one ``bytes`` and one text costs neither."""
 
-_EVENT_STREAMS_SQL: Final = (
-    "ARRAY(SELECT p.stream_id "
-    "FROM unnest($e_request::text::integer[]) WITH ORDINALITY AS u(i, n) "
-    "JOIN unnest($p_stream::text::text[]) WITH ORDINALITY AS p(stream_id, i) ON p.i = u.i "
-    "ORDER BY u.n)"
-)
-"""``e_stream``, not sent at all: each event's stream is its request's (``p_stream`` at the
-event's ``e_request``). A join, so that each array is parsed once (a subscript of the cast would
-parse the whole array text again for every event)."""
-
 _SPLIT_BYTEA_SQL: Final = (
     "ARRAY(SELECT substring($joined::bytea FROM (t.e - t.l + 1)::integer FOR t.l) "
     "FROM (SELECT u.l, u.n, sum(u.l) OVER (ORDER BY u.n) AS e "
@@ -177,7 +168,10 @@ def _append_statement() -> tuple[str, dict[str, int]]:
     sent = 0  # arguments so far
     for name, kind in _APPEND_PARAMETERS:
         if name == "e_stream":
-            continue  # after the loop: it refers to two other parameters
+            # NULL: the function takes each event's stream from its request (p_stream at the
+            # event's e_request), so it is neither sent nor computed in the call.
+            expressions.append("e_stream => NULL")
+            continue
         positions[name] = sent
         sent += 2 if name in _PACKED_BYTEA else 1
         number = positions[name] + 1
@@ -190,9 +184,6 @@ def _append_statement() -> tuple[str, dict[str, int]]:
         else:
             expression = f"${number}::{kind}"
         expressions.append(f"{name} => {expression}")
-    streams = _EVENT_STREAMS_SQL.replace("$p_stream", f"${positions['p_stream'] + 1}")
-    streams = streams.replace("$e_request", f"${positions['e_request'] + 1}")
-    expressions.append(f"e_stream => {streams}")
     call = ", ".join(expressions)
     return f"SELECT request_index, current_epoch, current_head FROM append_batch({call})", positions
 
@@ -1145,7 +1136,7 @@ def _request_columns(ordered: list[AppendRequest]) -> dict[str, list[Any]]:
 
 
 def _event_columns(numbered: list[tuple[int, AppendRequest]]) -> dict[str, list[Any]]:
-    # Not e_stream: the server takes each event's stream from its request (_EVENT_STREAMS_SQL).
+    # Not e_stream: the function takes each event's stream from its request.
     rows = [
         (index, seq, event)
         for index, request in numbered

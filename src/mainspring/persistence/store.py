@@ -54,7 +54,7 @@ __all__ = [
     "stream_id_of",
 ]
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """The schema version this code writes; stores migrate older schemas at ``open``."""
 
 
