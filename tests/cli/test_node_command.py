@@ -79,6 +79,8 @@ def test_sigint_stops_the_node_like_sigterm(
     """Goal: Ctrl-C (SIGINT) is a graceful stop too. Method: start, SIGINT, expect exit 0."""
     node = node_process(["--app", APP, "--listen", "127.0.0.1:0", "--node-id", "n2"])
     node.start()
+    # The announcement says where the default store's writer runs.
+    assert "store sqlite:///mainspring.db with its writer in a process," in node.announcement
     assert node.terminate(signal.SIGINT) == 0, node.stderr()
     assert (tmp_path / "mainspring.db").exists()  # the default store URL, in the cwd
 
@@ -89,10 +91,13 @@ def test_default_node_id_comes_from_host_name_and_port(
     """Goal: without --node-id the node is named after the host and port. Method: start on a
     fixed free port and read the announcement line."""
     port = free_port()
-    node = node_process(["--app", APP, "--listen", f"127.0.0.1:{port}"])
+    node = node_process(
+        ["--app", APP, "--listen", f"127.0.0.1:{port}", "--store", "sqlite:///n.db?writer=thread"]
+    )
     node.start()
     assert node.url == f"http://127.0.0.1:{port}"
     assert f"(node id {default_node_id(port)}," in node.announcement, node.announcement
+    assert "store sqlite:///n.db?writer=thread with its writer in a thread," in node.announcement
     assert node.terminate() == 0, node.stderr()
 
 

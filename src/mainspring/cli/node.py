@@ -258,6 +258,17 @@ def _fail(reason: str) -> NoReturn:
     raise ConfigurationError(reason)
 
 
+def _store_description(store_url: StoreUrl, store: object) -> str:
+    """The store URL for the announcement line, and where a SQLite store's writer runs (the
+    store's default decides it when the URL does not say)."""
+    from mainspring.persistence.sqlite import SqliteStore
+
+    described = store_url.describe()
+    if isinstance(store, SqliteStore):
+        return f"{described} with its writer in a {store.writer}"
+    return described
+
+
 def _reason(error: BaseException) -> str:
     """A one-line reason for a startup failure."""
     if isinstance(error, MainspringError):
@@ -377,7 +388,8 @@ class _NodeRun:
         auth = f"{len(settings.tokens)} token(s)" if settings.tokens else "no authentication"
         click.echo(
             f"{PROGRAM}: listening on {url} (node id {settings.node_id}, store "
-            f"{settings.store_url.describe()}, app {settings.app_spec}, {auth})"
+            f"{_store_description(settings.store_url, node.store)}, app {settings.app_spec}, "
+            f"{auth})"
         )
         sys.stdout.flush()
         try:
