@@ -253,11 +253,8 @@ class Registry:
         try:
             data = self.converter.unstructure(value)
             orjson.dumps(data)
-        except (TypeError, ValueError, orjson.JSONEncodeError) as error:
-            raise CodecError(
-                f"cannot encode a {type(value).__qualname__} as JSON ({error}); use plain JSON "
-                "values or an attrs class registered with @mainspring.event/message/state"
-            ) from error
+        except (TypeError, ValueError, RecursionError, orjson.JSONEncodeError) as error:
+            raise _unencodable(value, error) from error
         if info is None:
             return {"d": data}
         return {"t": info.name, "v": info.version, "d": data}
@@ -286,13 +283,20 @@ class Registry:
 
     def dumps_any(self, value: object) -> bytes:
         """Encode a value of any registered or plain JSON type with its type name, so
-        ``loads_any`` gives back the same class (used for replies stored for deduplication)."""
+        ``loads_any`` gives back the same class (used for replies stored for deduplication).
+
+        Raises:
+            CodecError: the value cannot be represented as JSON.
+        """
         info = self._by_class.get(type(value))
-        if info is None:
-            return orjson.dumps({"d": self.converter.unstructure(value)})
-        return orjson.dumps(
-            {"t": info.name, "v": info.version, "d": self.converter.unstructure(value)}
-        )
+        try:
+            if info is None:
+                return orjson.dumps({"d": self.converter.unstructure(value)})
+            return orjson.dumps(
+                {"t": info.name, "v": info.version, "d": self.converter.unstructure(value)}
+            )
+        except (TypeError, ValueError, RecursionError, orjson.JSONEncodeError) as error:
+            raise _unencodable(value, error) from error
 
     def loads_any(self, payload: bytes) -> Any:
         """Inverse of ``dumps_any``."""
@@ -336,3 +340,16 @@ def message(name: str, version: int = 1) -> Callable[[type[T]], type[T]]:
 def state(name: str, version: int = 1) -> Callable[[type[T]], type[T]]:
     """Class decorator: register an attrs state class, so snapshots of it can be upcast."""
     return _decorator("state", name, version)
+
+
+def _unencodable(value: object, error: BaseException) -> CodecError:
+    """The error for a value that has no JSON form: what it is, why, and what to use instead."""
+    reason = (
+        "it nests too deeply or contains itself"
+        if isinstance(error, RecursionError) or "Recursion limit" in str(error)
+        else str(error)
+    )
+    return CodecError(
+        f"cannot encode a {type(value).__qualname__} as JSON ({reason}); use plain JSON "
+        "values or an attrs class registered with @mainspring.event/message/state"
+    )

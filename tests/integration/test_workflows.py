@@ -148,6 +148,10 @@ async def test_bad_input_is_refused_with_a_clear_error(node: Node) -> None:
         await node.workflows.start(w.pipeline, "", 1)
     with pytest.raises(mainspring.CodecError, match="cannot encode"):
         await node.workflows.start(w.pipeline, "x-2", object())
+    contains_itself: list[object] = []
+    contains_itself.append(contains_itself)
+    with pytest.raises(mainspring.CodecError, match="contains itself"):
+        await node.workflows.start(w.pipeline, "x-2", contains_itself)
     with pytest.raises(UsageError, match="version"):
         await node.workflows.start(w.pipeline, "x-3", 1, version=0)
     with pytest.raises(UsageError, match="version 7"):

@@ -142,6 +142,25 @@ def test_unknown_names_and_classes_are_codec_errors() -> None:
         registry.encode(PriceV3(1, "EUR"))
 
 
+def test_values_without_a_json_form_are_codec_errors_that_say_why() -> None:
+    """Goal: a value that contains itself or nests past what JSON encoding allows is refused
+    with the reason, never with a bare RecursionError."""
+    registry = fresh_registry()
+    contains_itself: list[Any] = []
+    contains_itself.append(contains_itself)
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(300):
+        inner.append([])
+        inner = inner[0]
+    for value in (contains_itself, deep, {"a": contains_itself}):
+        for encode in (registry.to_value, registry.dumps_any):
+            with pytest.raises(CodecError, match="nests too deeply or contains itself"):
+                encode(value)
+    with pytest.raises(CodecError, match="cannot encode a set as JSON"):
+        registry.dumps_any({1j})
+
+
 @pytest.mark.parametrize(
     ("name", "version", "match"),
     [
