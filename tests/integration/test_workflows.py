@@ -22,7 +22,9 @@ from mainspring import (
     WorkflowError,
     WorkflowNotFound,
 )
+from mainspring.actors.workflow_runtime import WORKFLOW_ACTOR_TYPE
 from mainspring.persistence.sqlite import SqliteStore
+from mainspring.persistence.store import stream_id_of
 from tests.support import workflows as w
 from tests.support.accounts import Account, Deposit, GetBalance
 from tests.support.waiting import eventually
@@ -48,6 +50,8 @@ ALL = [
     w.looping,
     w.child,
     w.parent,
+    w.idle_child,
+    w.leaving_parent,
     w.fanout,
     w.blocking,
 ]
@@ -351,6 +355,66 @@ async def test_children_run_through_the_outbox_and_report_back(
     assert result == {"children": [2, 4, "failed: failed"]}
     assert (await node.workflows.describe("par-1-child-0")).status == "completed"
     assert (await node.workflows.describe("par-1-child-2")).status == "failed"
+
+
+async def _status_of(node: Node, workflow_id: str, status: str) -> bool:
+    try:
+        return (await node.workflows.describe(workflow_id)).status == status
+    except WorkflowNotFound:  # not started yet: the start travels through the outbox
+        return False
+
+
+async def test_a_parent_that_ends_cancels_its_running_children_unless_abandoned(
+    node: Node,
+) -> None:
+    """Goal: children do not outlive a parent that completed, unless started to. Method: a
+    parent starts two idle children (one with on_parent_close="abandon") and completes."""
+    handle = await node.workflows.start(w.leaving_parent, "lp-1", "complete")
+    for child_id in ("lp-1-kept", "lp-1-left"):
+        await eventually(lambda c=child_id: _status_of(node, c, "waiting"), what=child_id)
+    await handle.signal("end")
+    assert await handle.result(timeout_s=20) == "done"
+    await eventually(lambda: _status_of(node, "lp-1-kept", "cancelled"), what="the cancel")
+    stored = await node.store.read_events(stream_id_of(WORKFLOW_ACTOR_TYPE, "lp-1-kept"))
+    history = [node.codec.decode(e.type_name, e.type_version, e.payload) for e in stored]
+    [requested] = [e for e in history if e.kind == "cancel_requested"]
+    assert requested.data == "the parent workflow 'lp-1' ended completed"
+    # The abandoned child runs on, and finishes on its own terms.
+    assert (await node.workflows.describe("lp-1-left")).status == "waiting"
+    await node.workflows.signal("lp-1-left", "go", "later")
+    assert await node.workflows.result("lp-1-left", timeout_s=20) == "later"
+
+
+async def test_cancelling_a_parent_cancels_the_child_it_waits_for(node: Node) -> None:
+    handle = await node.workflows.start(w.leaving_parent, "lp-2", "wait")
+    await eventually(lambda: _status_of(node, "lp-2-kept", "waiting"), what="the child")
+    await node.workflows.cancel("lp-2", "no longer needed")
+    await eventually(lambda: _status_of(node, "lp-2", "cancelled"), what="the parent's cancel")
+    await eventually(lambda: _status_of(node, "lp-2-kept", "cancelled"), what="the child's")
+    assert (await node.workflows.describe("lp-2-left")).status == "waiting"
+    with pytest.raises(mainspring.WorkflowError) as ended:
+        await handle.result(timeout_s=5)
+    assert ended.value.status == "cancelled"
+
+
+async def test_a_failed_parent_leaves_its_children_running_for_a_retry(node: Node) -> None:
+    handle = await node.workflows.start(w.leaving_parent, "lp-3", "fail")
+    await eventually(lambda: _status_of(node, "lp-3-kept", "waiting"), what="the child")
+    await handle.signal("end")
+    await eventually(lambda: _status_of(node, "lp-3", "failed"), what="the parent's failure")
+    # The outbox had its chance to deliver anything the failure sent.
+    await node.workflows.signal("lp-3-left", "go", "x")
+    assert await node.workflows.result("lp-3-left", timeout_s=20) == "x"
+    assert (await node.workflows.describe("lp-3-kept")).status == "waiting"
+
+
+async def test_on_parent_close_is_checked(node: Node) -> None:
+    """A policy other than cancel or abandon fails the parent's code, naming the choices."""
+    handle = await node.workflows.start(w.leaving_parent, "lp-4", "orphan")
+    with pytest.raises(mainspring.WorkflowError) as ended:
+        await handle.result(timeout_s=20)
+    assert ended.value.status == "failed"
+    assert 'on_parent_close must be "cancel" or "abandon"' in str(ended.value.error)
 
 
 @mainspring.workflow("test.bank")

@@ -225,6 +225,34 @@ async def parent(ctx: WorkflowContext, values: list[int]) -> dict[str, Any]:
     return {"children": outcomes}
 
 
+@mainspring.workflow("test.idle_child")
+async def idle_child(ctx: WorkflowContext, _: None) -> str:
+    """Waits for a ``go`` signal and returns its payload."""
+    return str(await ctx.wait_for_signal("go"))
+
+
+@mainspring.workflow("test.leaving_parent")
+async def leaving_parent(ctx: WorkflowContext, how: str) -> str:
+    """Starts two idle children, ``-kept`` (cancelled when this run ends) and ``-left``
+    (abandoned), then: ``wait`` awaits ``-kept``; ``complete`` and ``fail`` wait for an ``end``
+    signal and then return or raise without waiting for either child. Anything else is passed
+    as ``on_parent_close`` of a first child."""
+    if how not in ("wait", "complete", "fail"):  # then it is a policy, to be refused
+        await ctx.child(idle_child, f"{ctx.workflow_id}-bad", None, on_parent_close=how)
+    kept = asyncio.ensure_future(ctx.child(idle_child, f"{ctx.workflow_id}-kept", None))
+    left = asyncio.ensure_future(
+        ctx.child(idle_child, f"{ctx.workflow_id}-left", None, on_parent_close="abandon")
+    )
+    if how == "wait":
+        return await kept
+    await ctx.wait_for_signal("end")
+    for task in (kept, left):
+        task.cancel()  # stop waiting for them here; what happens to the children is the policy's
+    if how == "fail":
+        raise ValueError("the parent fails")
+    return "done"
+
+
 @mainspring.workflow("test.fanout", max_concurrent_steps=100)
 async def fanout(ctx: WorkflowContext, spec: dict[str, int]) -> int:
     """``rounds`` rounds of ``width`` concurrent steps: many steps, quickly."""

@@ -411,17 +411,39 @@ class WorkflowContext:
         definition: WorkflowDefinition[Any, R] | str,
         child_id: str,
         input: Any = None,
+        *,
+        on_parent_close: str = "cancel",
     ) -> R:
         """Start a child workflow (through the outbox) and wait for its result.
 
+        Args:
+            definition: the child's workflow, or its type name.
+            child_id: the child's workflow id (a start is idempotent by id).
+            input: the child's input.
+            on_parent_close: what happens to the child if this workflow ends while the child
+                is still running: ``"cancel"`` (the default) requests its cancellation, as
+                ``cancel`` would, when this workflow completes, is cancelled, is terminated or
+                continues as new; ``"abandon"`` lets it run on. A workflow that fails leaves its
+                children running either way: a retry from its failure point waits for them.
+
         Raises:
             ChildWorkflowFailed: the child failed, was cancelled or terminated.
+            UsageError: a malformed ``child_id`` or ``on_parent_close``.
         """
         type_name = definition if isinstance(definition, str) else definition.name
         if not isinstance(child_id, str) or not child_id:
             raise UsageError(f"child_id must be a non-empty str, got {child_id!r}")
+        if on_parent_close not in ("cancel", "abandon"):
+            raise UsageError(
+                f'on_parent_close must be "cancel" or "abandon", got {on_parent_close!r}'
+            )
         async with self._run.child_slots():
-            return cast("R", await self._run.start_child(type_name, child_id, input))
+            return cast(
+                "R",
+                await self._run.start_child(
+                    type_name, child_id, input, abandon=on_parent_close == "abandon"
+                ),
+            )
 
     def patched(self, patch_id: str) -> bool:
         """Whether this run takes the new code path of ``patch_id``.

@@ -319,6 +319,21 @@ class ChildFinished:
     error: dict[str, Any] | None = None
 
 
+@register_message("mainspring.workflow.parent_closed", 1)
+@attrs.frozen
+class ParentClosed:
+    """The parent of this workflow ended while this child was running (sent by the parent
+    through its outbox): the child is asked to cancel, unless it was started to outlive its
+    parent (``on_parent_close="abandon"``)."""
+
+    parent_id: str
+    n: int
+    """The parent's command number of this child (the child's ``parent_command``)."""
+    status: str
+    """How the parent ended: ``completed``, ``cancelled``, ``terminated`` or
+    ``continued-as-new``."""
+
+
 @register_message("mainspring.workflow.recover", 1)
 @attrs.frozen
 class RecoverWorkflow:
@@ -915,9 +930,14 @@ class WorkflowRun:
     def signals_buffered(self, name: str) -> int:
         return len(self.signals.get(name, ()))
 
-    def start_child(self, type_name: str, child_id: str, child_input: Any) -> asyncio.Future[Any]:
+    def start_child(
+        self, type_name: str, child_id: str, child_input: Any, *, abandon: bool = False
+    ) -> asyncio.Future[Any]:
         envelope = self.codec.to_value(child_input)
-        n = self._command("child_started", name=type_name, data={"id": child_id})
+        data: dict[str, Any] = {"id": child_id}
+        if abandon:
+            data["abandon"] = True  # left running when this run ends (see ParentClosed)
+        n = self._command("child_started", name=type_name, data=data)
         future = self.loop.create_future()
         self.children[n] = future
         if not self.replaying and self.live is not None:
@@ -1299,6 +1319,7 @@ class WorkflowActorBase(Actor[WorkflowState]):
         versions = self.definitions[state.workflow_type]
         latest = versions[max(versions)]
         self._stop_work(ctx, state)
+        self._release_children(ctx, state, "continued-as-new")
         telemetry = self.services.telemetry
         if telemetry is not None:
             ended_type = state.workflow_type
@@ -1355,9 +1376,33 @@ class WorkflowActorBase(Actor[WorkflowState]):
                     slot.task.cancel()
                     slot.task = None
 
+    def _release_children(
+        self, ctx: ActorContext[WorkflowState], state: WorkflowState, status: str
+    ) -> None:
+        """The run ended ``status`` with children still running: ask each to cancel (through
+        the outbox, with this commit), except those started with ``on_parent_close="abandon"``.
+        Not for a run that failed: a retry from its failure point still waits for them."""
+        if not state.children:
+            return
+        running = set(state.children)
+        for event in state.history:
+            if (
+                event.kind == "child_started"
+                and event.n in running
+                and not event.data.get("abandon")
+            ):
+                ctx.tell(
+                    WORKFLOW_ACTOR_TYPE,
+                    event.data["id"],
+                    ParentClosed(self.workflow_id, event.n, status),
+                )
+
     def _closed(self, ctx: ActorContext[WorkflowState], state: WorkflowState) -> None:
-        """The run ended: stop its timers and attempts, tell the parent and the waiters."""
+        """The run ended: stop its timers and attempts, tell the parent, the children and the
+        waiters."""
         self._stop_work(ctx, state)
+        if state.phase != "failed":
+            self._release_children(ctx, state, state.status)
         if state.parent_id:
             ctx.tell(
                 WORKFLOW_ACTOR_TYPE,
@@ -1654,6 +1699,25 @@ class WorkflowActorBase(Actor[WorkflowState]):
                     "error": message.error,
                     "child_id": message.child_id,
                 },
+            ),
+        )
+        self._pump(ctx)
+
+    @handler
+    def on_parent_closed(self, ctx: ActorContext[WorkflowState], message: ParentClosed) -> None:
+        state = self._enter(ctx)
+        if (
+            state.phase != "open"
+            or state.cancel_requested
+            or (state.parent_id, state.parent_command) != (message.parent_id, message.n)
+        ):
+            return  # ended already, cancelling already, or not that parent's child (any more)
+        self._inbound(
+            ctx,
+            WorkflowEvent(
+                "cancel_requested",
+                at_ms=ctx.now_ms(),
+                data=f"the parent workflow {message.parent_id!r} ended {message.status}",
             ),
         )
         self._pump(ctx)
