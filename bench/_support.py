@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import sqlite3
@@ -216,3 +217,13 @@ async def postgres_version(dsn: str) -> str:
 def rounded(value: float, digits: int = 3) -> float:
     """``value`` with at most ``digits`` decimals, for readable JSON."""
     return round(value, digits)
+
+
+def print_result(result: dict[str, Any], as_json: bool) -> None:
+    """Print a run's figures: one JSON line with ``--json``, else one aligned line per key."""
+    if as_json:
+        print(json.dumps(result))
+        return
+    width = max(map(len, result), default=0)
+    for key, value in result.items():
+        print(f"{key:>{width}}: {value}")

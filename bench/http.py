@@ -76,6 +76,7 @@ from _support import (  # noqa: E402
     open_store,
     percentile,
     postgres_version,
+    print_result,
     rounded,
 )
 
@@ -426,11 +427,7 @@ def main(argv: Sequence[str]) -> None:
     if arguments.warmup < 0:
         parser.error("--warmup must be >= 0")
     result = asyncio.run(run(arguments))
-    if arguments.json:
-        print(json.dumps(result))
-        return
-    for key, value in result.items():
-        print(f"{key:>24}: {value}")
+    print_result(result, arguments.json)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from _support import (
     median,
     open_store,
     postgres_version,
+    print_result,
     rounded,
 )
 
@@ -136,11 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if arguments.events < 1 or arguments.repeat < 1:
         parser.error("--events and --repeat must be >= 1")
     result = asyncio.run(run(arguments))
-    if arguments.json:
-        print(json.dumps(result))
-        return
-    for key, value in result.items():
-        print(f"{key:>34}: {value}")
+    print_result(result, arguments.json)
 
 
 if __name__ == "__main__":

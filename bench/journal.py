@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -44,6 +43,7 @@ from _support import (
     open_store,
     percentile,
     postgres_version,
+    print_result,
     rounded,
 )
 
@@ -279,11 +279,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if arguments.gc_threshold < 0:
         parser.error("--gc-threshold must be >= 0 (0 keeps CPython's defaults)")
     result = asyncio.run(run(arguments))
-    if arguments.json:
-        print(json.dumps(result))
-        return
-    for key, value in result.items():
-        print(f"{key:>24}: {value}")
+    print_result(result, arguments.json)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ from _support import (
     environment,
     fresh_database,
     postgres_version,
+    print_result,
 )
 
 import mainspring
@@ -180,11 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if arguments.batch > arguments.streams:
         parser.error("--batch must be <= --streams (a batch names distinct streams)")
     result = asyncio.run(run(arguments))
-    if arguments.json:
-        print(json.dumps(result))
-        return
-    for key, value in result.items():
-        print(f"{key:>20}: {value}")
+    print_result(result, arguments.json)
 
 
 if __name__ == "__main__":

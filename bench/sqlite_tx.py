@@ -14,7 +14,6 @@ Usage: python bench/sqlite_tx.py [--streams 1000] [--batch 500] [--rounds 2600]
 from __future__ import annotations
 
 import argparse
-import json
 import sqlite3
 import statistics
 import sys
@@ -24,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _support import environment
+from _support import environment, print_result
 
 from mainspring.persistence import _sqlite_sql as sql
 from mainspring.persistence.store import AppendRequest, DedupeRecord, LeaseRequest, NewEvent
@@ -101,11 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if arguments.window < 0:
         parser.error("--window must be >= 0 (0: no window)")
     result = run(arguments)
-    if arguments.json:
-        print(json.dumps(result))
-        return
-    for key, value in result.items():
-        print(f"{key:>20}: {value}")
+    print_result(result, arguments.json)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -47,6 +46,7 @@ from _support import (
     open_store,
     percentile,
     postgres_version,
+    print_result,
     rounded,
 )
 
@@ -232,11 +232,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if arguments.warmup < 0 or arguments.uncontended < 0:
         parser.error("--warmup and --uncontended must be >= 0")
     result = asyncio.run(run(arguments))
-    if arguments.json:
-        print(json.dumps(result))
-        return
-    for key, value in result.items():
-        print(f"{key:>34}: {value}")
+    print_result(result, arguments.json)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,15 @@ Only the shape of the output is checked: how fast anything ran is not a test's b
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from mainspring.persistence.store import SCHEMA_VERSION
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -113,3 +116,39 @@ def test_http_bench_prints_its_figures() -> None:
     assert result["signals"] == 12
     assert result["rounds"] == 2
     assert result["ratio_target"] == 0.3
+
+
+def run_script(script: str, *arguments: str) -> dict[str, object]:
+    """Run a bench script that takes no ``--store`` with ``--json``; return its figures."""
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / script), "--json", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout)
+    assert isinstance(result, dict)
+    return result
+
+
+def test_sqlite_transaction_bench_prints_its_figures() -> None:
+    result = run_script(
+        "sqlite_tx.py", "--streams", "20", "--batch", "10", "--rounds", "12", "--measure", "4"
+    )
+    assert result["batch"] == 10
+    assert isinstance(result["median_tx_ms"], int | float)
+
+
+def test_postgres_transaction_bench_prints_its_figures() -> None:
+    from tests.conftest import POSTGRES_DSN, require_postgres
+
+    asyncio.run(require_postgres())
+    result = run_script(
+        "postgres_tx.py", "--dsn", POSTGRES_DSN, "--streams", "20", "--batch", "10", "--rounds", "3"
+    )
+    for key in ("append_batch_ms", "encode_ms", "wal_bytes_per_event", "raw_insert_ms"):
+        assert isinstance(result[key], int | float), key
+        assert result[key] > 0, key
+    assert result["schema_version"] == SCHEMA_VERSION
