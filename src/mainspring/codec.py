@@ -173,9 +173,12 @@ class Registry:
 
     def encode(self, value: object) -> Encoded:
         """Encode a registered attrs instance."""
-        info = self.info(type(value))
+        cls = type(value)
+        info = self._by_class.get(cls) or self.info(cls)
         try:
-            payload = self.converter.dumps(value)
+            # The converter's own hook for the class, straight to orjson: the same bytes as
+            # ``converter.dumps``, with two calls less on the path of every event.
+            payload = orjson.dumps(self.converter.get_unstructure_hook(cls)(value))
         except Exception as error:
             raise CodecError(f"cannot encode {info.name!r}: {error}") from error
         return Encoded(info.name, info.version, payload)

@@ -347,8 +347,10 @@ class Node:
         """
         self._check_running()
         _check_actor_id(actor_id)
-        _check_message_id(message_id)
-        check_timeout(timeout_s)
+        if message_id is not None:
+            _check_message_id(message_id)
+        if timeout_s is not None:
+            check_timeout(timeout_s)
         future = self.host.deliver(actor, actor_id, message, message_id, want_reply=True)
         assert future is not None
         if timeout_s is None:

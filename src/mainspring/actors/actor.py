@@ -237,6 +237,20 @@ class Actor(Generic[S]):
 class ActorContext(Generic[S]):
     """What a handler may see and do. Created by the runtime for each message."""
 
+    __slots__ = (
+        "_activation",
+        "_codec",
+        "after_commit_callbacks",
+        "commit_despite",
+        "events",
+        "message_id",
+        "outbox",
+        "snapshot_requested",
+        "state",
+        "timers_cancelled",
+        "timers_set",
+    )
+
     def __init__(
         self,
         activation: Activation,

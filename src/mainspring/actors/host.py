@@ -361,7 +361,7 @@ class Activation:
         self.passivate_requested = False
         self.busy = False
         self.committing = False
-        """A batch is in the journal: its completion applies it and replies (``_commit_batch``)."""
+        """A batch is in the journal: its completion applies it and replies (``_BatchCommit``)."""
         self.dropped = False
         """This activation was dropped (the journal rejected or failed a batch, or a batch
         handled at once by ``handle_now`` failed): its loop ends without releasing the lease."""
@@ -628,7 +628,12 @@ class Activation:
         settled) within this call, as the single writer, exactly as the task would run it. What
         it saves is the task's wake-up and the loop iteration around it.
         """
-        assert self.can_handle_now(), self.stream_id
+        # The single writer's own conditions (``deliver`` checked ``can_handle_now`` just now;
+        # these are the ones that, broken, would let two batches of this actor interleave).
+        assert self.hydrated, self.stream_id
+        assert not self.busy, self.stream_id
+        assert not self.committing, self.stream_id
+        assert not self.dropped, self.stream_id
         host = self.host
         self.busy = True
         batch = self._handle_batch((envelope,))
@@ -747,7 +752,10 @@ class Activation:
                 else:
                     callbacks.extend(after_commit)
             snapshot_requested = snapshot_requested or context.snapshot_requested
-            events.extend(context.events)
+            if events:
+                events.extend(context.events)
+            else:
+                events = context.events  # the context is let go below; its list is the batch's
             if context.outbox:
                 if outbox is None:
                     outbox = []
@@ -772,7 +780,7 @@ class Activation:
             outcomes.append((envelope, reply, refusal))
         context = None
         if events or outbox or timers_set or timers_cancelled:
-            return await self._commit_batch(
+            commit = self._commit_of(
                 working,
                 events,
                 dedupe,
@@ -783,6 +791,18 @@ class Activation:
                 callbacks,
                 snapshot_requested,
             )
+            journal = host.journal
+            try:
+                if journal.has_room():
+                    journal.submit_now(commit.request, commit)  # no coroutine for the usual case
+                else:
+                    await journal.submit(commit.request, commit)
+            except NodeClosed as failure:
+                for envelope, _, _ in outcomes:
+                    _settle(envelope, error=failure)
+                return False
+            self.committing = True
+            return True
         assert working is self.state  # nothing was emitted, so nothing changed
         if self.claiming:
             # Nothing to create the stream with, and an answer read from a state that was only
@@ -803,7 +823,7 @@ class Activation:
             except Exception:
                 log.exception("AfterCommitCallbackFailed", extra={"stream_id": self.stream_id})
 
-    async def _commit_batch(
+    def _commit_of(
         self,
         working: Any,
         events: list[NewEvent],
@@ -814,7 +834,8 @@ class Activation:
         outcomes: list[tuple[_Envelope, Any, BaseException | None]],
         callbacks: list[Callable[[], None]] | None,
         snapshot_requested: bool,
-    ) -> bool:
+    ) -> _BatchCommit:
+        """The append of a handled batch, and its completion (which holds the request)."""
         host = self.host
         new_seq = self.seq + len(events)
         now_ms = host.clock.wall_ms()
@@ -823,30 +844,32 @@ class Activation:
         if (snapshot_requested and events) or (every > 0 and new_seq - self.snapshot_seq >= every):
             snapshot = self._snapshot_of(working, new_seq)
         status = self.actor.status(working)
+        # By position, in the order of AppendRequest's fields: one is built per commit of every
+        # actor, and matching thirteen keywords cost as much as the rest of building it.
         request = AppendRequest(
-            stream_id=self.stream_id,
-            epoch=self.epoch,
-            expected_seq=self.seq,
-            events=events,
-            recorded_at_ms=now_ms,
-            dedupe=dedupe or (),
-            dedupe_window=self.actor_cls.dedupe_window,
-            outbox=outbox or (),
-            timers_set=list(timers_set.values()) if timers_set else (),
-            timers_cancelled=sorted(timers_cancelled) if timers_cancelled else (),
-            snapshot=snapshot,
-            status=status if status != self.status else None,
-            claim=(
+            self.stream_id,
+            self.epoch,
+            self.seq,  # expected_seq
+            events,
+            now_ms,  # recorded_at_ms
+            dedupe or (),
+            self.actor_cls.dedupe_window,
+            outbox or (),
+            list(timers_set.values()) if timers_set else (),
+            sorted(timers_cancelled) if timers_cancelled else (),
+            snapshot,
+            status if status != self.status else None,
+            (
                 LeaseRequest(self.stream_id, host.node_id, now_ms, host.config.lease_ttl_ms)
                 if self.claiming
                 else None
-            ),
+            ),  # claim
         )
         if host.reply_before_commit:  # broken on purpose (mainspring.simulations.selfcheck)
             for envelope, reply, error in outcomes:
                 _settle(envelope, result=reply, error=error)
 
-        committed = _BatchCommit(
+        return _BatchCommit(
             self,
             request,
             working,
@@ -859,18 +882,6 @@ class Activation:
             bool(outbox),
             min(timer.due_at_ms for timer in timers_set.values()) if timers_set else None,
         )
-        journal = host.journal
-        try:
-            if journal.has_room():
-                journal.submit_now(request, committed)  # no coroutine for the usual case
-            else:
-                await journal.submit(request, committed)
-        except NodeClosed as failure:
-            for envelope, _, _ in outcomes:
-                _settle(envelope, error=failure)
-            return False
-        self.committing = True
-        return True
 
     def commit_decided(self, committed: bool) -> None:
         """The journal decided this activation's commit in flight (after ``apply_commit`` when
@@ -894,8 +905,9 @@ class Activation:
         if commit.dedupe:
             for record in commit.dedupe:
                 self.dedupe[record.message_id] = record.reply
-        while len(self.dedupe) > self.actor_cls.dedupe_window:
-            self.dedupe.popitem(last=False)
+            # Only new records make it grow (hydration reads at most the window).
+            while len(self.dedupe) > self.actor_cls.dedupe_window:
+                self.dedupe.popitem(last=False)
         for envelope, reply, error in commit.outcomes:
             _settle(envelope, result=reply, error=error)
         if commit.callbacks:
@@ -946,6 +958,10 @@ class ActorHost:
                     f"{actor_cls.type_name!r}"
                 )
             self.types[actor_cls.type_name] = actor_cls
+        self._hosted: Final[dict[object, type[Actor[Any]]]] = {}
+        """Each hosted class by itself and by its type name: ``actor_type`` in one lookup."""
+        for name, actor_cls in self.types.items():
+            self._hosted[name] = self._hosted[actor_cls] = actor_cls
         self.live: Final[OrderedDict[str, Activation]] = OrderedDict()
         self._running: Final[set[asyncio.Task[None]]] = set()
         """The task of every activation that has not ended: the live ones, and those that left
@@ -972,11 +988,13 @@ class ActorHost:
         Raises:
             UnknownActorType: this node does not host it.
         """
-        name = actor if isinstance(actor, str) else getattr(actor, "type_name", None)
-        actor_cls = self.types.get(name) if isinstance(name, str) else None
-        if actor_cls is None or (not isinstance(actor, str) and actor_cls is not actor):
-            raise UnknownActorType(str(name if name is not None else actor), list(self.types))
-        return actor_cls
+        try:
+            return self._hosted[actor]
+        except (KeyError, TypeError):  # TypeError: not even hashable
+            name = actor if isinstance(actor, str) else getattr(actor, "type_name", None)
+            raise UnknownActorType(
+                str(name if name is not None else actor), list(self.types)
+            ) from None
 
     def deliver(
         self,
@@ -1040,9 +1058,8 @@ class ActorHost:
             # one another would nest handlers on one stack.
             self._handling_now = True
             try:
-                activation.handle_now(
-                    _Envelope(message, message_id, future, function, self.clock.monotonic_s())
-                )
+                # Never queued, so without the time it was (``accepted_s``, the mailbox's age).
+                activation.handle_now(_Envelope(message, message_id, future, function))
             finally:
                 self._handling_now = False
             return future
