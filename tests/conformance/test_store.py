@@ -480,6 +480,30 @@ async def test_a_batch_keeps_every_event_byte_for_byte_in_its_own_stream(store: 
         assert [(e.type_name, e.type_version, e.payload, e.message_id) for e in stored] == rows
 
 
+async def test_a_batch_numbers_each_streams_events_from_its_own_head(store: Any) -> None:
+    """As many events as requests, but not one each (none, two, one): every event still gets
+    its own stream and the sequence number after its request's head."""
+    leases = {
+        stream_id: await store.acquire_lease(stream_id, "node-1", NOW_MS, TTL_MS)
+        for stream_id in ("acct/a", "acct/b", "acct/c")
+    }
+    await append_one(store, request("acct/a", leases["acct/a"].epoch, 0, 3))
+    await append_one(store, request("acct/b", leases["acct/b"].epoch, 0, 1))
+    await append_one(store, request("acct/c", leases["acct/c"].epoch, 0, 2))
+    batch = [
+        request("acct/b", leases["acct/b"].epoch, 1, 2),
+        # No events: cancelling a reminder is what it writes.
+        request("acct/a", leases["acct/a"].epoch, 3, 0, timers_cancelled=["nothing"]),
+        request("acct/c", leases["acct/c"].epoch, 2, 1),
+    ]
+    assert await store.append_batch(batch) == [None, None, None]
+    expected = {"acct/a": [1, 2, 3], "acct/b": [1, 2, 3], "acct/c": [1, 2, 3]}
+    for stream_id, seqs in expected.items():
+        stored = await store.read_events(stream_id)
+        assert [(e.stream_id, e.seq) for e in stored] == [(stream_id, seq) for seq in seqs]
+        assert [e.payload for e in stored] == [b'{"n":%d}' % seq for seq in seqs]
+
+
 async def test_a_batch_may_not_name_a_stream_twice(store: Any) -> None:
     lease = await store.acquire_lease("acct/a", "node-1", NOW_MS, TTL_MS)
     with pytest.raises(UsageError):

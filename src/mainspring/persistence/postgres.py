@@ -1089,15 +1089,13 @@ def _append_arguments(
     """
     ordered = [requests[original] for original in order]
     numbered = list(enumerate(ordered, start=1))
-    # Outbox rows go in the order the requests came, which is the order they are delivered in.
-    index_of = {original: index for index, original in enumerate(order, start=1)}
     columns = {
         **_request_columns(ordered),
         **_event_columns(numbered),
         **_dedupe_columns(numbered),
         **_timer_columns(numbered),
         **_snapshot_columns(numbered),
-        **_outbox_columns([(index_of[n], request) for n, request in enumerate(requests)]),
+        **_outbox_columns(requests, order),
     }
     assert columns.keys() == _ARGUMENT_INDEX.keys(), sorted(columns)
     assert len(columns["p_stream"]) == len(requests)
@@ -1137,18 +1135,25 @@ def _request_columns(ordered: list[AppendRequest]) -> dict[str, list[Any]]:
 
 def _event_columns(numbered: list[tuple[int, AppendRequest]]) -> dict[str, list[Any]]:
     # Not e_stream: the function takes each event's stream from its request.
-    rows = [
-        (index, seq, event)
-        for index, request in numbered
-        for seq, event in enumerate(request.events, start=request.expected_seq + 1)
-    ]
+    events = [event for _, request in numbered for event in request.events]
+    if len(events) == len(numbered) and all(len(request.events) == 1 for _, request in numbered):
+        # One event per request, as most batches are: no per-request iterator.
+        e_request = [index for index, _ in numbered]
+        e_seq = [request.expected_seq + 1 for _, request in numbered]
+    else:
+        e_request = [index for index, request in numbered for _ in request.events]
+        e_seq = [
+            seq
+            for _, request in numbered
+            for seq in range(request.expected_seq + 1, request.new_head_seq + 1)
+        ]
     return {
-        "e_request": [row[0] for row in rows],
-        "e_seq": [row[1] for row in rows],
-        "e_type_name": [row[2].type_name for row in rows],
-        "e_type_version": [row[2].type_version for row in rows],
-        "e_payload": [row[2].payload for row in rows],
-        "e_message_id": [row[2].message_id for row in rows],
+        "e_request": e_request,
+        "e_seq": e_seq,
+        "e_type_name": [event.type_name for event in events],
+        "e_type_version": [event.type_version for event in events],
+        "e_payload": [event.payload for event in events],
+        "e_message_id": [event.message_id for event in events],
     }
 
 
@@ -1156,6 +1161,7 @@ def _dedupe_columns(numbered: list[tuple[int, AppendRequest]]) -> dict[str, list
     rows = [
         (index, request.stream_id, record)
         for index, request in numbered
+        if request.dedupe
         for record in request.dedupe
     ]
     return {
@@ -1168,12 +1174,18 @@ def _dedupe_columns(numbered: list[tuple[int, AppendRequest]]) -> dict[str, list
 
 
 def _timer_columns(numbered: list[tuple[int, AppendRequest]]) -> dict[str, list[Any]]:
+    # Few requests touch timers: the others are passed over without a call or an iterator each.
+    touching = [
+        (index, request)
+        for index, request in numbered
+        if request.timers_set or request.timers_cancelled
+    ]
     cancelled = [
         (index, request.stream_id, name)
-        for index, request in numbered
+        for index, request in touching
         for name in request.timers_cancelled
     ]
-    timers = [(index, timer) for index, request in numbered for timer in _distinct_timers(request)]
+    timers = [(index, timer) for index, request in touching for timer in _distinct_timers(request)]
     assert all(timer.stream_id == numbered[index - 1][1].stream_id for index, timer in timers)
     return {
         "t_request": [index for index, _ in timers],
@@ -1210,8 +1222,19 @@ def _snapshot_columns(numbered: list[tuple[int, AppendRequest]]) -> dict[str, li
     }
 
 
-def _outbox_columns(numbered: list[tuple[int, AppendRequest]]) -> dict[str, list[Any]]:
-    messages = [(index, message) for index, request in numbered for message in request.outbox]
+def _outbox_columns(
+    requests: Sequence[AppendRequest], order: Sequence[int]
+) -> dict[str, list[Any]]:
+    """The outbox rows in the order the requests came, which is the order they are delivered
+    in; each names its request by its place in ``order``."""
+    messages: list[tuple[int, OutboxMessage]] = []
+    if any(request.outbox for request in requests):
+        index_of = {original: index for index, original in enumerate(order, start=1)}
+        messages = [
+            (index_of[n], message)
+            for n, request in enumerate(requests)
+            for message in request.outbox
+        ]
     return {
         "o_request": [index for index, _ in messages],
         "o_message_id": [message.message_id for _, message in messages],
