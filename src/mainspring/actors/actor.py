@@ -265,9 +265,13 @@ class ActorContext(Generic[S]):
         self.message_id: Final = message_id
         """The id of the message being handled (None when the sender gave none)."""
         self.events: Final[list[NewEvent]] = []
-        self.outbox: Final[list[OutboxMessage]] = []
-        self.timers_set: Final[dict[str, Timer]] = {}
-        self.timers_cancelled: Final[set[str]] = set()
+        # What handlers rarely do gets a container only once one does it.
+        self.outbox: list[OutboxMessage] | None = None
+        """The messages ``tell`` sent (None until one is)."""
+        self.timers_set: dict[str, Timer] | None = None
+        """The reminders set, by name (None until one is)."""
+        self.timers_cancelled: set[str] | None = None
+        """The names of the reminders cancelled (None until one is)."""
         self.after_commit_callbacks: list[Callable[[], None]] | None = None
         self.snapshot_requested = False
         self.commit_despite: BaseException | None = None
@@ -338,6 +342,8 @@ class ActorContext(Generic[S]):
         if not isinstance(actor_id, str) or not actor_id:
             raise UsageError(f"actor_id must be a non-empty str, got {actor_id!r}")
         encoded = self._codec.encode(message)
+        if self.outbox is None:
+            self.outbox = []
         self.outbox.append(
             OutboxMessage(
                 message_id=self._activation.next_outbox_id(),
@@ -372,19 +378,23 @@ class ActorContext(Generic[S]):
             if at.tzinfo is None:
                 raise UsageError(f"at= must be timezone-aware, got naive {at!r}")
             due_at_ms = int(at.timestamp() * 1000)
-        encoded = None if payload is None else self._codec.dumps_any(payload)
-        self.timers_cancelled.discard(name)
-        self.timers_set[name] = Timer(self._activation.stream_id, name, due_at_ms, encoded)
+        self.set_reminder_at_ms(name, due_at_ms, payload)
 
     def set_reminder_at_ms(self, name: str, due_at_ms: int, payload: Any = None) -> None:
         """``set_reminder`` with the due time in milliseconds since the Unix epoch."""
         encoded = None if payload is None else self._codec.dumps_any(payload)
-        self.timers_cancelled.discard(name)
+        if self.timers_cancelled is not None:
+            self.timers_cancelled.discard(name)
+        if self.timers_set is None:
+            self.timers_set = {}
         self.timers_set[name] = Timer(self._activation.stream_id, name, due_at_ms, encoded)
 
     def cancel_reminder(self, name: str) -> None:
         """Cancel the reminder ``name`` if it is set."""
-        self.timers_set.pop(name, None)
+        if self.timers_set is not None:
+            self.timers_set.pop(name, None)
+        if self.timers_cancelled is None:
+            self.timers_cancelled = set()
         self.timers_cancelled.add(name)
 
     @property

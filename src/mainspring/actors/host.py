@@ -765,10 +765,10 @@ class Activation:
                     timers_set = {}
                 if timers_cancelled is None:
                     timers_cancelled = set()
-                for name in context.timers_cancelled:
+                for name in context.timers_cancelled or ():
                     timers_set.pop(name, None)
                     timers_cancelled.add(name)
-                for name, timer in context.timers_set.items():
+                for name, timer in (context.timers_set or {}).items():
                     timers_cancelled.discard(name)
                     timers_set[name] = timer
             if encoded_reply is not None:
