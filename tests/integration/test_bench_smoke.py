@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,30 @@ def test_postgres_transaction_bench_prints_its_figures() -> None:
         assert isinstance(result[key], int | float), key
         assert result[key] > 0, key
     assert result["schema_version"] == SCHEMA_VERSION
+
+
+def test_instruction_count_bench_measures_the_node_run() -> None:
+    inner = subprocess.run(
+        [sys.executable, str(BENCH / "instructions.py"), "--store", "sqlite", "--inner", "1"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert inner.returncode == 0, inner.stderr
+    refused = subprocess.run(
+        [sys.executable, str(BENCH / "instructions.py"), "--store", "memory", "--commands", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "--commands takes two counts as 'FEWER,MORE', got '5'" in refused.stderr
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed: only the measured run was checked")
+    result = run_script("instructions.py", "--store", "memory", "--commands", "1,2")
+    assert result["commands"] == [1, 2]
+    low, high = result["instructions"]
+    assert 0 < low < high
+    assert result["instructions_per_ask"] == round((high - low) / 1000)
