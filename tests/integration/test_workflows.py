@@ -52,6 +52,7 @@ ALL = [
     w.parent,
     w.idle_child,
     w.leaving_parent,
+    w.child_then_charge,
     w.fanout,
     w.blocking,
 ]
@@ -406,6 +407,29 @@ async def test_a_failed_parent_leaves_its_children_running_for_a_retry(node: Nod
     await node.workflows.signal("lp-3-left", "go", "x")
     assert await node.workflows.result("lp-3-left", timeout_s=20) == "x"
     assert (await node.workflows.describe("lp-3-kept")).status == "waiting"
+
+
+async def test_a_retried_parent_learns_of_a_child_that_finished_while_it_was_failed(
+    node: Node, effects: w.Effects
+) -> None:
+    """Goal: a retry from the failure point does not wait forever for a child whose result
+    the failed run turned away. Method: the child finishes while its parent is failed, its
+    report is delivered (and dropped) before the retry, then the parent is retried."""
+    effects.fail_forever.add("charge")
+    handle = await node.workflows.start(w.child_then_charge, "ctc-1", None)
+    await eventually(lambda: _status_of(node, "ctc-1", "failed"), what="the parent's failure")
+    await eventually(lambda: _status_of(node, "ctc-1-c", "waiting"), what="the child")
+    await node.workflows.signal("ctc-1-c", "go", "late")
+    assert await node.workflows.result("ctc-1-c", timeout_s=20) == "late"
+
+    async def outbox_empty() -> bool:
+        return not await node.store.read_outbox(10)
+
+    await eventually(outbox_empty, what="the child's report delivered to the failed parent")
+    assert (await handle.describe()).status == "failed"
+    effects.fail_forever.clear()
+    await node.workflows.retry("ctc-1", "the card service is back")
+    assert await handle.result(timeout_s=20) == "late"
 
 
 async def test_on_parent_close_is_checked(node: Node) -> None:

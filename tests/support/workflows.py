@@ -253,6 +253,15 @@ async def leaving_parent(ctx: WorkflowContext, how: str) -> str:
     return "done"
 
 
+@mainspring.workflow("test.child_then_charge")
+async def child_then_charge(ctx: WorkflowContext, _: None) -> str:
+    """Starts the idle child ``-c``, then runs a ``charge`` step, then returns the child's
+    result: a failed charge leaves the child running while this run waits for a retry."""
+    child = asyncio.ensure_future(ctx.child(idle_child, f"{ctx.workflow_id}-c", None))
+    await ctx.step(effect, "charge", 1, retry=FAST_RETRY)
+    return await child
+
+
 @mainspring.workflow("test.fanout", max_concurrent_steps=100)
 async def fanout(ctx: WorkflowContext, spec: dict[str, int]) -> int:
     """``rounds`` rounds of ``width`` concurrent steps: many steps, quickly."""

@@ -334,6 +334,19 @@ class ParentClosed:
     ``continued-as-new``."""
 
 
+@register_message("mainspring.workflow.child_result_wanted", 1)
+@attrs.frozen
+class ChildResultWanted:
+    """The parent of this workflow was retried from its failure point and still waits for
+    this child (sent by the parent through its outbox): a child that has ended reports again
+    (``ChildFinished``), since the failed run turned its first report away. A child still
+    running reports when it ends, as always."""
+
+    parent_id: str
+    n: int
+    """The parent's command number of this child (the child's ``parent_command``)."""
+
+
 @register_message("mainspring.workflow.recover", 1)
 @attrs.frozen
 class RecoverWorkflow:
@@ -393,6 +406,14 @@ class StartReply:
 
     description: WorkflowDescription
     created: bool
+
+
+def _running_children(state: WorkflowState) -> list[WorkflowEvent]:
+    """The ``child_started`` events of the children the run still waits for."""
+    if not state.children:
+        return []
+    running = set(state.children)
+    return [e for e in state.history if e.kind == "child_started" and e.n in running]
 
 
 def _describe(workflow_id: str, state: WorkflowState) -> WorkflowDescription:
@@ -1382,27 +1403,16 @@ class WorkflowActorBase(Actor[WorkflowState]):
         """The run ended ``status`` with children still running: ask each to cancel (through
         the outbox, with this commit), except those started with ``on_parent_close="abandon"``.
         Not for a run that failed: a retry from its failure point still waits for them."""
-        if not state.children:
-            return
-        running = set(state.children)
-        for event in state.history:
-            if (
-                event.kind == "child_started"
-                and event.n in running
-                and not event.data.get("abandon")
-            ):
+        for event in _running_children(state):
+            if not event.data.get("abandon"):
                 ctx.tell(
                     WORKFLOW_ACTOR_TYPE,
                     event.data["id"],
                     ParentClosed(self.workflow_id, event.n, status),
                 )
 
-    def _closed(self, ctx: ActorContext[WorkflowState], state: WorkflowState) -> None:
-        """The run ended: stop its timers and attempts, tell the parent, the children and the
-        waiters."""
-        self._stop_work(ctx, state)
-        if state.phase != "failed":
-            self._release_children(ctx, state, state.status)
+    def _report_to_parent(self, ctx: ActorContext[WorkflowState], state: WorkflowState) -> None:
+        """Tell the parent, if any, how this run ended (through the outbox)."""
         if state.parent_id:
             ctx.tell(
                 WORKFLOW_ACTOR_TYPE,
@@ -1411,6 +1421,14 @@ class WorkflowActorBase(Actor[WorkflowState]):
                     state.parent_command, self.workflow_id, state.status, state.result, state.error
                 ),
             )
+
+    def _closed(self, ctx: ActorContext[WorkflowState], state: WorkflowState) -> None:
+        """The run ended: stop its timers and attempts, tell the parent, the children and the
+        waiters."""
+        self._stop_work(ctx, state)
+        if state.phase != "failed":
+            self._release_children(ctx, state, state.status)
+        self._report_to_parent(ctx, state)
         services = self.services
         if services.waiters.get(self.workflow_id):
             # Whoever starts waiting from now on asks for the description after this batch.
@@ -1679,6 +1697,14 @@ class WorkflowActorBase(Actor[WorkflowState]):
         state = self._enter(ctx)
         for number, fire_at_ms in state.timers.items():
             ctx.set_reminder_at_ms(f"timer:{number}", fire_at_ms)
+        # A child that ended while this run was failed had its report turned away: ask the
+        # children still awaited to report again once they have ended.
+        for event in _running_children(state):
+            ctx.tell(
+                WORKFLOW_ACTOR_TYPE,
+                event.data["id"],
+                ChildResultWanted(self.workflow_id, event.n),
+            )
         self._pump(ctx)
         return _describe(self.workflow_id, ctx.state)
 
@@ -1721,6 +1747,18 @@ class WorkflowActorBase(Actor[WorkflowState]):
             ),
         )
         self._pump(ctx)
+
+    @handler
+    def on_child_result_wanted(
+        self, ctx: ActorContext[WorkflowState], message: ChildResultWanted
+    ) -> None:
+        state = self._enter(ctx)
+        if state.phase in ("new", "open") or (state.parent_id, state.parent_command) != (
+            message.parent_id,
+            message.n,
+        ):
+            return  # not ended yet (it reports when it ends), or not that parent's child
+        self._report_to_parent(ctx, state)
 
     @handler
     def on_step_outcome(self, ctx: ActorContext[WorkflowState], message: StepOutcome) -> None:
