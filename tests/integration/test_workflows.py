@@ -22,7 +22,7 @@ from mainspring import (
     WorkflowError,
     WorkflowNotFound,
 )
-from mainspring.actors.workflow_runtime import WORKFLOW_ACTOR_TYPE
+from mainspring.actors.workflow_runtime import WORKFLOW_ACTOR_TYPE, ParentClosed, StartWorkflow
 from mainspring.persistence.sqlite import SqliteStore
 from mainspring.persistence.store import stream_id_of
 from tests.support import workflows as w
@@ -430,6 +430,27 @@ async def test_a_retried_parent_learns_of_a_child_that_finished_while_it_was_fai
     effects.fail_forever.clear()
     await node.workflows.retry("ctc-1", "the card service is back")
     assert await handle.result(timeout_s=20) == "late"
+
+
+async def test_a_parents_close_that_overtakes_the_childs_start_cancels_the_child(
+    node: Node,
+) -> None:
+    """Goal: a child never runs orphaned because its parent's ParentClosed was delivered
+    before its StartWorkflow (as when the start's first delivery failed). Method: deliver the
+    two to the child's actor in that order, as the parent's outbox would."""
+    await node.ask(WORKFLOW_ACTOR_TYPE, "early-c", ParentClosed("early-p", 1, "completed"))
+    start = StartWorkflow("test.idle_child", node.codec.to_value(None), 0, "early-p", 1)
+    await node.ask(WORKFLOW_ACTOR_TYPE, "early-c", start)
+    await eventually(lambda: _status_of(node, "early-c", "cancelled"), what="the child's cancel")
+    stored = await node.store.read_events(stream_id_of(WORKFLOW_ACTOR_TYPE, "early-c"))
+    history = [node.codec.decode(e.type_name, e.type_version, e.payload) for e in stored]
+    [requested] = [e for e in history if e.kind == "cancel_requested"]
+    assert requested.data == "the parent workflow 'early-p' ended completed"
+    # Another parent's start is not cancelled by it.
+    await node.ask(WORKFLOW_ACTOR_TYPE, "early-d", ParentClosed("early-p", 1, "completed"))
+    other = StartWorkflow("test.idle_child", node.codec.to_value(None), 0, "early-q", 1)
+    await node.ask(WORKFLOW_ACTOR_TYPE, "early-d", other)
+    assert (await node.workflows.describe("early-d")).status == "waiting"
 
 
 async def test_on_parent_close_is_checked(node: Node) -> None:

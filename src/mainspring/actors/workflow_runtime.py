@@ -126,7 +126,7 @@ COMMANDS: Final = frozenset(
 )
 BOOKKEEPING: Final = frozenset(
     {"step_attempt_failed", "step_attempt_started", "paused", "resumed", "stalled", "unstalled",
-     "terminated"}
+     "terminated", "parent_closed_early"}
 )  # fmt: skip
 _KINDS: Final = INBOUND | COMMANDS | BOOKKEEPING
 CLOSED_STATUSES: Final = frozenset(
@@ -226,6 +226,9 @@ class WorkflowState:
     started_at_ms: int = 0
     closed_at_ms: int = 0
     previous_runs: list[dict[str, Any]] = attrs.Factory(list)
+    parent_closed_early: dict[str, Any] | None = None
+    """A parent's ``ParentClosed`` that arrived before this child's start (``parent_id``,
+    ``n``, ``status``): that parent's start, when it comes, is cancelled at once."""
 
     def step(self, n: int) -> StepInfo | None:
         """The pending step ``n``, if any."""
@@ -575,6 +578,8 @@ def evolve_workflow(state: WorkflowState, event: WorkflowEvent) -> WorkflowState
         state.stall = event.data
     elif kind == "unstalled":
         state.stall = ""
+    elif kind == "parent_closed_early":
+        state.parent_closed_early = event.data
     elif kind == "retried":
         keep = event.data["keep"]
         state.history = [*state.history[:keep], event]
@@ -1482,6 +1487,17 @@ class WorkflowActorBase(Actor[WorkflowState]):
                 ctx, found, message.input, 1, message.parent_id, message.parent_command,
                 message.traceparent,
             )  # fmt: skip
+            early = ctx.state.parent_closed_early
+            if (
+                early is not None
+                and message.parent_id
+                and (early["parent_id"], early["n"])
+                == (
+                    message.parent_id,
+                    message.parent_command,
+                )
+            ):
+                self._parent_ended(ctx, early["parent_id"], early["status"])
             self._pump(ctx)
             return StartReply(_describe(self.workflow_id, ctx.state), created=True)
         if state.workflow_type != message.workflow_type:
@@ -1732,21 +1748,36 @@ class WorkflowActorBase(Actor[WorkflowState]):
     @handler
     def on_parent_closed(self, ctx: ActorContext[WorkflowState], message: ParentClosed) -> None:
         state = self._enter(ctx)
+        if state.phase == "new":
+            # Here before the start (whose first delivery failed, say): kept, so that the start
+            # is cancelled at once instead of running with no parent.
+            ctx.emit(
+                WorkflowEvent(
+                    "parent_closed_early",
+                    at_ms=ctx.now_ms(),
+                    data={"parent_id": message.parent_id, "n": message.n, "status": message.status},
+                )
+            )
+            return
         if (
             state.phase != "open"
             or state.cancel_requested
             or (state.parent_id, state.parent_command) != (message.parent_id, message.n)
         ):
             return  # ended already, cancelling already, or not that parent's child (any more)
+        self._parent_ended(ctx, message.parent_id, message.status)
+        self._pump(ctx)
+
+    def _parent_ended(self, ctx: ActorContext[WorkflowState], parent_id: str, status: str) -> None:
+        """Request this run's cancellation: its parent ended ``status``."""
         self._inbound(
             ctx,
             WorkflowEvent(
                 "cancel_requested",
                 at_ms=ctx.now_ms(),
-                data=f"the parent workflow {message.parent_id!r} ended {message.status}",
+                data=f"the parent workflow {parent_id!r} ended {status}",
             ),
         )
-        self._pump(ctx)
 
     @handler
     def on_child_result_wanted(
