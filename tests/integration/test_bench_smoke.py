@@ -156,21 +156,18 @@ def test_postgres_transaction_bench_prints_its_figures() -> None:
 
 
 def test_instruction_count_bench_measures_the_node_run() -> None:
-    inner = subprocess.run(
-        [sys.executable, str(BENCH / "instructions.py"), "--store", "sqlite", "--inner", "1"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    def instructions(*arguments: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(BENCH / "instructions.py"), *arguments],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+
+    inner = instructions("--store", "sqlite", "--inner", "1")  # the run valgrind measures
     assert inner.returncode == 0, inner.stderr
-    refused = subprocess.run(
-        [sys.executable, str(BENCH / "instructions.py"), "--store", "memory", "--commands", "5"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    refused = instructions("--store", "memory", "--commands", "5")
     assert refused.returncode == 2
     assert "--commands takes two counts as 'FEWER,MORE', got '5'" in refused.stderr
     if shutil.which("valgrind") is None:
